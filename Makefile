@@ -1,0 +1,47 @@
+# The harness's commands. Every target sets up .venv first when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch 2.13.0 has a CPU wheel cached on the lab machines; override for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+SWEEP ?= optimizer=gd,gd_linesearch,momentum,nesterov,normalized,adam model.envelope=32 \
+	model.init=[-1.5,8.5] trainer.steps=100 tracking.experiment=gabor_optimizers
+
+.DEFAULT_GOAL := help
+.PHONY: help install run sweep ui test test-all bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install the project with its dev tools
+
+run: install ## train one configuration: make run ARGS="optimizer=adam optimizer.lr=0.05"
+	$(BIN)/python -m harness.train $(ARGS)
+
+sweep: install ## a multirun grid into mlflow.db (override the grid with SWEEP="...")
+	$(BIN)/python -m harness.train --multirun $(SWEEP) $(ARGS)
+
+ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+test: install ## the default test suite (not the slow tests)
+	$(BIN)/pytest
+
+test-all: install ## every test, the slow ones too
+	$(BIN)/pytest -m "slow or not slow"
+
+bench: install ## speed benchmarks, ratios measured side by side
+	$(BIN)/python benchmarks/bench.py
+
+lint: install ## ruff
+	$(BIN)/ruff check .
+
+clean: ## remove generated files (keeps .venv and mlflow.db)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,622 @@
+"""Structured configs: the schema of every config group, validated once.
+
+Each option of a group (``conf/<group>/<option>.yaml``) starts from a dataclass stored in
+Hydra's ConfigStore under ``schema/<group>/<option>``, so OmegaConf checks types and unknown
+keys while composing. Ranges are checked in ``__post_init__``, which runs when
+:func:`to_spec` turns the composed config into these dataclasses, and cross-group fits (model
+and loss, optimizer and batch size) are checked by :func:`check_combination`. Every failure is
+a :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _one_of(key: str, value: Any, choices: tuple) -> None:
+    _require(value in choices, key, value, f"expected one of {', '.join(map(str, choices))}")
+
+
+def _positive(key: str, value: float | None) -> None:
+    _require(value is None or value > 0, key, value, "expected a value > 0")
+
+
+def _fraction(key: str, value: float) -> None:
+    _require(0.0 <= value < 1.0, key, value, "expected a value in [0, 1)")
+
+
+def _pair(key: str, value: list[float] | None) -> None:
+    _require(value is None or len(value) == 2, key, value, "expected two numbers [phi0, phi1]")
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class DatasetConfig:
+    """Common split settings: fractions of the data held out, drawn with ``split_seed``."""
+
+    name: str = MISSING
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    standardize: bool = False
+
+    def __post_init__(self) -> None:
+        _fraction("dataset.val_fraction", self.val_fraction)
+        _fraction("dataset.test_fraction", self.test_fraction)
+        total = self.val_fraction + self.test_fraction
+        _require(
+            total < 1.0, "dataset.val_fraction+test_fraction", total, "must leave training data"
+        )
+
+
+@dataclass
+class ToyDatasetConfig(DatasetConfig):
+    """The lecture's toy sets (package data): trained on all points by default, like the book."""
+
+
+@dataclass
+class SklearnDatasetConfig(DatasetConfig):
+    """A real data set bundled with scikit-learn; regression targets standardised on request."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    standardize: bool = True
+    standardize_target: bool = True
+
+
+@dataclass
+class GeneratedDatasetConfig(DatasetConfig):
+    """A synthetic set drawn with ``seed``: ``regression1d``, ``blobs`` or ``moons``."""
+
+    size: int = 200
+    noise: float = 0.1
+    seed: int = 0
+    classes: int = 2
+    features: int = 2
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.size >= 4, "dataset.size", self.size, "expected at least 4 points")
+        _require(self.noise >= 0, "dataset.noise", self.noise, "expected a value >= 0")
+        _require(self.classes >= 2, "dataset.classes", self.classes, "expected at least 2")
+        _require(self.features >= 1, "dataset.features", self.features, "expected at least 1")
+
+
+@dataclass
+class IdxDatasetConfig(DatasetConfig):
+    """MNIST-style IDX files in ``root``; ``limit`` keeps the first N training images."""
+
+    root: str = "data/mnist"
+    limit: int | None = None
+    val_fraction: float = 0.1
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("dataset.limit", self.limit)
+
+
+@dataclass
+class NoDatasetConfig(DatasetConfig):
+    """No data: the model is itself a loss surface."""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    """``init`` fixes [phi0, phi1] of a two-parameter model; otherwise the init is seeded."""
+
+    name: str = MISSING
+    init: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        _pair("model.init", self.init)
+
+
+@dataclass
+class GaborModelConfig(ModelConfig):
+    """f[x, phi] = sin(phi0 + 0.06 phi1 x) exp(-(phi0 + 0.06 phi1 x)^2 / envelope)."""
+
+    envelope: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("model.envelope", self.envelope)
+
+
+@dataclass
+class MlpModelConfig(ModelConfig):
+    """``depth`` hidden layers of ``width`` units with ``activation``."""
+
+    depth: int = 1
+    width: int = 64
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.depth >= 1, "model.depth", self.depth, "expected at least 1 hidden layer")
+        _require(self.width >= 1, "model.width", self.width, "expected at least 1 unit")
+        _one_of("model.activation", self.activation, ("relu", "tanh", "sigmoid", "gelu"))
+
+
+@dataclass
+class RosenbrockModelConfig(ModelConfig):
+    """L(phi) = (a - phi0)^2 + b (phi1 - phi0^2)^2, minimum 0 at (a, a^2)."""
+
+    a: float = 1.0
+    b: float = 100.0
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+@dataclass
+class LossConfig:
+    """``reduction``: ``sum`` over the batch (the book) or ``mean`` (the PyTorch habit)."""
+
+    name: str = MISSING
+    reduction: str = "sum"
+
+    def __post_init__(self) -> None:
+        _one_of("loss.reduction", self.reduction, ("sum", "mean"))
+
+
+@dataclass
+class LeastSquaresLossConfig(LossConfig):
+    """L = scale * reduce_i (f[x_i, phi] - y_i)^2; the lecture's snippet uses scale 0.5, mean."""
+
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("loss.scale", self.scale)
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+@dataclass
+class OptimizerConfig:
+    """Every optimizer but the line search has a learning rate ``lr`` (alpha)."""
+
+    name: str = MISSING
+    lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive("optimizer.lr", self.lr)
+
+
+@dataclass
+class LineSearchConfig:
+    """Bracketing line search along -grad over [0, max_dist]."""
+
+    name: str = "gd_linesearch"
+    max_dist: float = 1.0
+    tol: float = 1e-4
+    max_iter: int = 10
+
+    def __post_init__(self) -> None:
+        _positive("optimizer.max_dist", self.max_dist)
+        _positive("optimizer.tol", self.tol)
+        _require(self.max_iter >= 1, "optimizer.max_iter", self.max_iter, "expected at least 1")
+
+
+@dataclass
+class MomentumConfig(OptimizerConfig):
+    """m <- beta m + (1 - beta) g; ``m0``: ``zero`` (lecture) or ``gradient`` (torch dampening)."""
+
+    beta: float = 0.9
+    m0: str = "zero"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.beta < 1.0, "optimizer.beta", self.beta, "expected a value in [0, 1)")
+        _one_of("optimizer.m0", self.m0, ("zero", "gradient"))
+
+
+@dataclass
+class NesterovConfig(OptimizerConfig):
+    """Gradient at phi - alpha beta m (``lookahead: book``) or phi - alpha m (``slide``)."""
+
+    beta: float = 0.9
+    lookahead: str = "book"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.beta < 1.0, "optimizer.beta", self.beta, "expected a value in [0, 1)")
+        _one_of("optimizer.lookahead", self.lookahead, ("book", "slide"))
+
+
+@dataclass
+class NormalizedConfig(OptimizerConfig):
+    """phi <- phi - alpha g / (sqrt(g^2) + eps)."""
+
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("optimizer.eps", self.eps)
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    """Adam with the lecture's names: beta (first moment), gamma (second moment), eps."""
+
+    lr: float = 0.001
+    beta: float = 0.9
+    gamma: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.beta < 1.0, "optimizer.beta", self.beta, "expected a value in [0, 1)")
+        _require(
+            0.0 <= self.gamma < 1.0, "optimizer.gamma", self.gamma, "expected a value in [0, 1)"
+        )
+        _positive("optimizer.eps", self.eps)
+
+
+@dataclass
+class TorchOptimizerConfig(OptimizerConfig):
+    """Any ``torch.optim`` class by name, with its keyword arguments; runs as a cohort of one."""
+
+    name: str = "torch"
+    class_name: str = "AdamW"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+@dataclass
+class ScheduleConfig:
+    """A learning-rate multiplier; step counts are optimizer updates."""
+
+    name: str = MISSING
+
+
+@dataclass
+class StepScheduleConfig(ScheduleConfig):
+    """Multiply by ``factor`` every ``step_size`` updates."""
+
+    step_size: int = 100
+    factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.step_size >= 1, "schedule.step_size", self.step_size, "expected >= 1")
+        _require(0 < self.factor <= 1, "schedule.factor", self.factor, "expected (0, 1]")
+
+
+@dataclass
+class ExponentialScheduleConfig(ScheduleConfig):
+    """Multiply by ``factor`` after every update."""
+
+    factor: float = 0.99
+
+    def __post_init__(self) -> None:
+        _require(0 < self.factor <= 1, "schedule.factor", self.factor, "expected (0, 1]")
+
+
+@dataclass
+class CosineScheduleConfig(ScheduleConfig):
+    """Half a cosine from 1 down to ``min_factor`` over the run, after ``warmup_steps`` of ramp."""
+
+    min_factor: float = 0.0
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            0 <= self.min_factor <= 1, "schedule.min_factor", self.min_factor, "expected [0, 1]"
+        )
+        _require(
+            self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, "expected >= 0"
+        )
+
+
+@dataclass
+class PlateauScheduleConfig(ScheduleConfig):
+    """Multiply by ``factor`` when the monitored loss has not improved by ``threshold``
+    (relative) for ``patience`` evaluations; wait ``cooldown`` evaluations after a cut."""
+
+    monitor: str = "train"
+    factor: float = 0.1
+    patience: int = 10
+    threshold: float = 1e-4
+    cooldown: int = 0
+    min_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _one_of("schedule.monitor", self.monitor, ("train", "val"))
+        _require(0 < self.factor < 1, "schedule.factor", self.factor, "expected (0, 1)")
+        _require(self.patience >= 0, "schedule.patience", self.patience, "expected >= 0")
+        _require(self.threshold >= 0, "schedule.threshold", self.threshold, "expected >= 0")
+        _require(self.cooldown >= 0, "schedule.cooldown", self.cooldown, "expected >= 0")
+        _require(
+            0 <= self.min_factor <= 1, "schedule.min_factor", self.min_factor, "expected [0, 1]"
+        )
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainerConfig:
+    """Budget in ``steps`` or ``epochs`` (exactly one); ``batch_size`` null means full batch.
+
+    ``eval_every`` (updates) sets how often validation and test metrics are computed; null
+    means once per epoch, or at every logged step when training by ``steps``. A run diverges
+    when its loss is not finite or exceeds ``divergence_factor`` times its initial loss.
+    """
+
+    steps: int | None = 100
+    epochs: int | None = None
+    batch_size: int | None = None
+    reshuffle: bool = True
+    eval_every: int | None = None
+    device: str = "auto"
+    dtype: str = "float64"
+    divergence_factor: float | None = 1e6
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            (self.steps is None) != (self.epochs is None),
+            "trainer.steps/epochs",
+            (self.steps, self.epochs),
+            "set exactly one of trainer.steps and trainer.epochs (the other null)",
+        )
+        _positive("trainer.steps", self.steps)
+        _positive("trainer.epochs", self.epochs)
+        _positive("trainer.batch_size", self.batch_size)
+        _positive("trainer.eval_every", self.eval_every)
+        _require(
+            self.divergence_factor is None or self.divergence_factor > 1,
+            "trainer.divergence_factor",
+            self.divergence_factor,
+            "expected null or > 1",
+        )
+        _one_of("trainer.dtype", self.dtype, ("float32", "float64"))
+        base = self.device.split(":")[0]
+        _require(
+            base in DEVICES and (":" not in self.device or self.device.split(":")[1].isdigit()),
+            "trainer.device",
+            self.device,
+            "expected auto, cpu, cuda, cuda:N or mps",
+        )
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs go. ``uri`` null: ``$MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` at the
+    project root. ``log_every`` null keeps a curve to about 250 points."""
+
+    uri: str | None = None
+    experiment: str = "runs"
+    log_every: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("tracking.log_every", self.log_every)
+        _require(
+            bool(self.experiment.strip()),
+            "tracking.experiment",
+            self.experiment,
+            "expected a non-empty name",
+        )
+
+
+@dataclass
+class RunConfig:
+    """One grid point: a choice in every group plus the run's ``seed``."""
+
+    dataset: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    schedule: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    run_name: str | None = None
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {
+        "linear_toy": ToyDatasetConfig,
+        "gabor_toy": ToyDatasetConfig,
+        "regression1d": GeneratedDatasetConfig,
+        "blobs": GeneratedDatasetConfig,
+        "moons": GeneratedDatasetConfig,
+        "diabetes": SklearnDatasetConfig,
+        "breast_cancer": SklearnDatasetConfig,
+        "digits": SklearnDatasetConfig,
+        "wine": SklearnDatasetConfig,
+        "mnist": IdxDatasetConfig,
+        "fashion_mnist": IdxDatasetConfig,
+        "none": NoDatasetConfig,
+    },
+    "model": {
+        "linear": ModelConfig,
+        "gabor": GaborModelConfig,
+        "logistic": ModelConfig,
+        "softmax": ModelConfig,
+        "mlp": MlpModelConfig,
+        "adam_demo": ModelConfig,
+        "rosenbrock": RosenbrockModelConfig,
+    },
+    "loss": {
+        "least_squares": LeastSquaresLossConfig,
+        "gaussian_nll": LossConfig,
+        "bce": LossConfig,
+        "cross_entropy": LossConfig,
+        "surface": LossConfig,
+    },
+    "optimizer": {
+        "gd": OptimizerConfig,
+        "gd_linesearch": LineSearchConfig,
+        "sgd": OptimizerConfig,
+        "momentum": MomentumConfig,
+        "nesterov": NesterovConfig,
+        "normalized": NormalizedConfig,
+        "adam": AdamConfig,
+        "torch": TorchOptimizerConfig,
+    },
+    "schedule": {
+        "constant": ScheduleConfig,
+        "step": StepScheduleConfig,
+        "exponential": ExponentialScheduleConfig,
+        "cosine": CosineScheduleConfig,
+        "warmup_cosine": CosineScheduleConfig,
+        "plateau": PlateauScheduleConfig,
+    },
+}
+
+
+def register_configs() -> None:
+    """Store the run schema and every option's schema in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, options in SCHEMAS.items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema(name=option))
+
+
+register_configs()
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def to_spec(cfg: DictConfig) -> RunConfig:
+    """Turn a composed config into dataclasses, running every range check."""
+    try:
+        spec = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "config")
+        raise ConfigError(key, "", str(error).split("\n")[0]) from error
+    except ConfigError:
+        raise
+    check_combination(spec)
+    return spec
+
+
+MODEL_LOSSES = {
+    "linear": ("least_squares", "gaussian_nll"),
+    "gabor": ("least_squares",),
+    "logistic": ("bce",),
+    "softmax": ("cross_entropy",),
+    "mlp": ("least_squares", "gaussian_nll", "bce", "cross_entropy"),
+    "adam_demo": ("surface",),
+    "rosenbrock": ("surface",),
+}
+SURFACE_MODELS = ("adam_demo", "rosenbrock")
+FULL_BATCH_OPTIMIZERS = ("gd", "gd_linesearch")
+
+
+def check_combination(spec: RunConfig) -> None:
+    """Checks across groups that need no data: model/loss, surfaces, full-batch optimizers."""
+    model, loss = spec.model.name, spec.loss.name
+    allowed = MODEL_LOSSES[model]
+    _require(loss in allowed, "loss", loss, f"model {model} takes loss {', '.join(allowed)}")
+    surface = model in SURFACE_MODELS
+    _require(
+        surface == (spec.dataset.name == "none"),
+        "dataset",
+        spec.dataset.name,
+        "surface models (adam_demo, rosenbrock) take dataset=none, and only they do",
+    )
+    if spec.optimizer.name in FULL_BATCH_OPTIMIZERS:
+        _require(
+            spec.trainer.batch_size is None,
+            "trainer.batch_size",
+            spec.trainer.batch_size,
+            f"optimizer {spec.optimizer.name} is full batch: expected null",
+        )
+    if surface:
+        _require(
+            spec.trainer.batch_size is None,
+            "trainer.batch_size",
+            spec.trainer.batch_size,
+            "a loss surface has no data: expected null",
+        )
+        _require(
+            spec.trainer.epochs is None,
+            "trainer.epochs",
+            spec.trainer.epochs,
+            "a loss surface has no data: train by trainer.steps",
+        )
+    if spec.schedule.name == "plateau" and spec.schedule.monitor == "val":
+        _require(
+            spec.dataset.val_fraction > 0,
+            "schedule.monitor",
+            "val",
+            "needs a validation split (dataset.val_fraction > 0)",
+        )
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+RUN_IDENTITY_EXCLUDES = ("tracking", "run_name")
+
+
+def as_dict(spec: RunConfig) -> dict[str, Any]:
+    """The spec as plain nested dicts."""
+    return asdict(spec)
+
+
+def fingerprint(spec: RunConfig) -> str:
+    """SHA-256 (first 16 hex digits) of the run's config without tracking keys or its name."""
+    content = {k: v for k, v in as_dict(spec).items() if k not in RUN_IDENTITY_EXCLUDES}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to ``{"optimizer.lr": 0.1, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def hyperparameters(node: Any) -> dict[str, float]:
+    """The numeric fields of an optimizer or schedule config: the values a cohort may vary."""
+    return {
+        f.name: float(getattr(node, f.name))
+        for f in fields(node)
+        if isinstance(getattr(node, f.name), int | float)
+        and not isinstance(getattr(node, f.name), bool)
+    }

@@ -1,0 +1,248 @@
+"""Data sets: the lecture's toy sets, generated sets, scikit-learn's bundled sets and IDX files.
+
+Every loader returns all (x, y) pairs; :func:`load` then draws the seeded train/validation/test
+split and standardises features (and regression targets, where asked) with statistics of the
+training split only. Nothing is downloaded: toy sets ship as package data, the real sets come
+with scikit-learn, and MNIST-style sets are read from files the user placed in ``root``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.config import ConfigError, DatasetConfig
+
+REGRESSION, BINARY, MULTICLASS, NO_DATA = "regression", "binary", "multiclass", "none"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Tensors of one split of a data set; ``y`` is float for regression, int64 for classes."""
+
+    name: str
+    task: str
+    classes: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    split_digest: str
+
+    @property
+    def features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Dataset:
+        """The same data on ``device``, features (and regression targets) in ``dtype``."""
+        y_dtype = dtype if self.task == REGRESSION else torch.int64
+        moved = {}
+        for part in ("train", "val", "test"):
+            moved[f"x_{part}"] = getattr(self, f"x_{part}").to(device, dtype)
+            moved[f"y_{part}"] = getattr(self, f"y_{part}").to(device, y_dtype)
+        return replace(self, **moved)
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Raw arrays of a data set, before splitting; ``test`` holds a fixed test set if any."""
+
+    x: np.ndarray
+    y: np.ndarray
+    task: str
+    test: tuple[np.ndarray, np.ndarray] | None = None
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _toy(file_name: str) -> Callable[[DatasetConfig], Arrays]:
+    def load(_: DatasetConfig) -> Arrays:
+        text = resources.files("harness.toydata").joinpath(file_name).read_text()
+        table = np.loadtxt(text.splitlines(), delimiter=",", skiprows=1)
+        return Arrays(table[:, :1], table[:, 1], REGRESSION)
+
+    return load
+
+
+def _regression1d(cfg: DatasetConfig) -> Arrays:
+    """y = sin(x) + noise * eps, x uniform on [-3, 3]."""
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.uniform(-3.0, 3.0, size=(cfg.size, 1))
+    y = np.sin(x[:, 0]) + cfg.noise * rng.standard_normal(cfg.size)
+    return Arrays(x, y, REGRESSION)
+
+
+def _blobs(cfg: DatasetConfig) -> Arrays:
+    """``classes`` Gaussian blobs in ``features`` dimensions with standard deviation ``noise``."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(
+        n_samples=cfg.size,
+        centers=cfg.classes,
+        n_features=cfg.features,
+        cluster_std=cfg.noise,
+        random_state=cfg.seed,
+    )
+    return Arrays(x, y, BINARY if cfg.classes == 2 else MULTICLASS)
+
+
+def _moons(cfg: DatasetConfig) -> Arrays:
+    """Two interleaving half circles with Gaussian ``noise``."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=cfg.size, noise=cfg.noise, random_state=cfg.seed)
+    return Arrays(x, y, BINARY)
+
+
+def _sklearn(loader_name: str, task: str) -> Callable[[DatasetConfig], Arrays]:
+    def load(_: DatasetConfig) -> Arrays:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader_name)()
+        return Arrays(np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target), task)
+
+    return load
+
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_SOURCES = {
+    "mnist": "the MNIST page (yann.lecun.com/exdb/mnist) or any mirror of it",
+    "fashion_mnist": "github.com/zalandoresearch/fashion-mnist (data/fashion)",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (optionally gzipped): magic 0,0,type,ndim; big-endian int32 dims; data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as stream:
+        raw = stream.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {data.size} values, its header says {shape}")
+    return data.reshape(shape)
+
+
+def _find_idx(root: Path, base: str) -> Path | None:
+    for candidate in (root / base, root / f"{base}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx(cfg: DatasetConfig) -> Arrays:
+    """Images scaled to [0, 1] and flattened; the t10k files are the test split."""
+    root = Path(cfg.root).expanduser()
+    parts = {}
+    for part, (images_name, labels_name) in IDX_FILES.items():
+        images, labels = _find_idx(root, images_name), _find_idx(root, labels_name)
+        if images is None or labels is None:
+            names = ", ".join(n for pair in IDX_FILES.values() for n in pair)
+            raise ConfigError(
+                "dataset.root",
+                str(root),
+                f"expected the four {cfg.name} IDX files ({names}, optionally .gz) there; "
+                f"download them from {IDX_SOURCES[cfg.name]} and set dataset.root to their folder",
+            )
+        pixels = read_idx(images)
+        x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255.0
+        parts[part] = (x, read_idx(labels).astype(np.int64))
+    x, y = parts["train"]
+    if cfg.limit is not None:
+        x, y = x[: cfg.limit], y[: cfg.limit]
+    return Arrays(x, y, MULTICLASS, test=parts["test"])
+
+
+def _no_data(_: DatasetConfig) -> Arrays:
+    return Arrays(np.zeros((0, 0)), np.zeros(0), NO_DATA)
+
+
+LOADERS: dict[str, Callable[[DatasetConfig], Arrays]] = {
+    "linear_toy": _toy("udl_linear_toy.csv"),
+    "gabor_toy": _toy("udl_gabor_toy.csv"),
+    "regression1d": _regression1d,
+    "blobs": _blobs,
+    "moons": _moons,
+    "diabetes": _sklearn("load_diabetes", REGRESSION),
+    "breast_cancer": _sklearn("load_breast_cancer", BINARY),
+    "digits": _sklearn("load_digits", MULTICLASS),
+    "wine": _sklearn("load_wine", MULTICLASS),
+    "mnist": _idx,
+    "fashion_mnist": _idx,
+    "none": _no_data,
+}
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
+    """A seeded permutation of range(n) cut into (train, val, test) index arrays.
+
+    With both fractions 0 the order is left as it is, so the toy sets keep the book's order.
+    """
+    if val_fraction == 0 and test_fraction == 0:
+        return np.arange(n), np.arange(0), np.arange(0)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """(a - mean_train) / std_train for every array; constant columns are only centred."""
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def load(cfg: DatasetConfig) -> Dataset:
+    """Load, split and standardise the data set ``cfg`` names."""
+    arrays = LOADERS[cfg.name](cfg)
+    if arrays.test is not None and cfg.test_fraction > 0:
+        raise ConfigError(
+            "dataset.test_fraction",
+            cfg.test_fraction,
+            f"{cfg.name} has its own test files: expected 0",
+        )
+    train, val, test = split_indices(
+        len(arrays.y), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+    )
+    x_parts = [arrays.x[train], arrays.x[val], arrays.x[test]]
+    y_parts = [arrays.y[train], arrays.y[val], arrays.y[test]]
+    if arrays.test is not None:
+        x_parts[2], y_parts[2] = arrays.test
+    if cfg.standardize and len(train):
+        x_parts = _standardize(*x_parts)
+        if arrays.task == REGRESSION and getattr(cfg, "standardize_target", False):
+            y_parts = _standardize(*y_parts)
+    digest = hashlib.sha256(
+        b"".join(np.ascontiguousarray(i).tobytes() for i in (train, val, test))
+    ).hexdigest()[:16]
+    y_dtype = torch.float64 if arrays.task == REGRESSION else torch.int64
+    classes = int(arrays.y.max()) + 1 if arrays.task in (BINARY, MULTICLASS) else 0
+    features = arrays.x.shape[1] if arrays.x.ndim == 2 else 0
+    tensors = {}
+    for part, x, y in zip(("train", "val", "test"), x_parts, y_parts, strict=True):
+        tensors[f"x_{part}"] = torch.as_tensor(x, dtype=torch.float64).reshape(len(y), features)
+        tensors[f"y_{part}"] = torch.as_tensor(y).to(y_dtype)
+    return Dataset(cfg.name, arrays.task, classes, split_digest=digest, **tensors)

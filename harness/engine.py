@@ -1,0 +1,349 @@
+"""The engine: trains a cohort of R runs that share a structure as one batch.
+
+Runs of a cohort share the data, model, loss, optimizer rule, schedule type and trainer shape;
+each has its own seed, initial parameters and hyperparameter values. Parameters are one tensor
+(R, P). Each run draws its initial parameters and its batch order from its own generators,
+seeded from its seed alone, so its numbers do not depend on who else is in the cohort.
+
+Per update ``s`` (from 0): take the batch, evaluate the loss and its gradient at the rule's
+point, mark runs whose loss is not finite or above ``divergence_factor`` times their initial
+loss as diverged (their parameters freeze and their curves end there), and apply the rule's
+update with learning rate ``lr * schedule.factor(s)``. Curves are kept on the device and
+copied back once, at the end.
+
+Curves (step = number of updates done). At evaluation points, on whole splits: ``train_loss``,
+``val_loss``, ``test_loss`` and, when classifying, ``train_accuracy``, ``val_accuracy``,
+``test_accuracy``. At log points: ``lr`` (of the update taken at that step; the line search's
+chosen step), ``phi0``/``phi1`` for two-parameter models, and with mini-batches
+``batch_loss``, the mean mini-batch loss of the updates since the previous log point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from harness import devices, optim, schedules
+from harness import problem as problem_module
+from harness.config import RunConfig, as_dict, hyperparameters
+from harness.problem import Problem
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TARGET_LOG_POINTS = 250
+
+
+@dataclass
+class RunResult:
+    """One run's record: curves as metric -> (steps, values), and what happened."""
+
+    curves: dict[str, tuple[list[int], list[float]]]
+    seconds_at: dict[int, float]
+    diverged_step: int | None
+    final_params: torch.Tensor
+    seconds: float
+    plan: Plan
+    device: str
+    device_name: str
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step is not None
+
+    def final(self, metric: str) -> float | None:
+        values = self.curves.get(metric, ((), ()))[1]
+        return values[-1] if values else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The trainer's shape: how many updates, batches, and when to log and evaluate."""
+
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int | None
+    log_steps: frozenset[int] = field(repr=False)
+    eval_steps: frozenset[int] = field(repr=False)
+
+
+def make_plan(spec: RunConfig, train_size: int) -> Plan:
+    """Updates in total and per epoch; log and evaluation steps (both hold 0 and the end)."""
+    trainer = spec.trainer
+    batch = trainer.batch_size
+    per_epoch = math.ceil(train_size / batch) if batch else 1
+    total = trainer.steps if trainer.steps is not None else trainer.epochs * per_epoch
+    log_every = spec.tracking.log_every or math.ceil(total / TARGET_LOG_POINTS)
+    by_epoch = per_epoch if trainer.epochs is not None else log_every
+    eval_every = trainer.eval_every or by_epoch
+    log_steps = frozenset(range(0, total, log_every)) | {total}
+    eval_steps = frozenset(range(0, total, eval_every)) | {total}
+    return Plan(total, per_epoch, batch, log_steps, eval_steps)
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 60-bit seed from the run's seed and what it is for ("init", "batches")."""
+    return int(hashlib.sha256(f"{seed}/{purpose}".encode()).hexdigest()[:15], 16)
+
+
+PER_RUN_MODEL_KEYS = ("init",)
+
+
+def cohort_key(spec: RunConfig) -> str:
+    """What runs must share to train together: everything but the seed, the model's init,
+    the numeric optimizer and schedule values, the run name and tracking."""
+    tree = as_dict(spec)
+    for key in ("seed", "run_name", "tracking"):
+        tree.pop(key)
+    tree["model"].pop("init")
+    for group in ("optimizer", "schedule"):
+        for name in hyperparameters(getattr(spec, group)):
+            tree[group].pop(name)
+    return repr(sorted((k, repr(v)) for k, v in tree.items()))
+
+
+def stack_hyperparameters(configs: list, device: torch.device, dtype: torch.dtype):
+    """Each numeric field of the configs as a tensor (R, 1), one row per run."""
+    rows = [hyperparameters(c) for c in configs]
+    return {
+        name: torch.tensor([[row[name]] for row in rows], device=device, dtype=dtype)
+        for name in rows[0]
+    }
+
+
+def initial_parameters(specs: list[RunConfig], model) -> torch.Tensor:
+    """theta_0 (R, P): ``model.init`` where given, else drawn from the run's own generator."""
+    rows = []
+    for spec in specs:
+        if spec.model.init is not None:
+            rows.append(torch.tensor(spec.model.init, dtype=torch.float64))
+        else:
+            generator = torch.Generator().manual_seed(derive_seed(spec.seed, "init"))
+            rows.append(model.init(generator))
+    return torch.stack(rows)
+
+
+class BatchOrder:
+    """Mini-batch indices (R, B) per update: each epoch is one pass through a permutation
+    drawn from the run's own generator (a new one each epoch when ``reshuffle``); the last
+    batch of an epoch holds what is left, so every index is used once per epoch."""
+
+    def __init__(self, seeds: list[int], size: int, batch: int, reshuffle: bool, device):
+        self.generators = [torch.Generator().manual_seed(derive_seed(s, "batches")) for s in seeds]
+        self.size, self.batch, self.reshuffle, self.device = size, batch, reshuffle, device
+        self.per_epoch = math.ceil(size / batch)
+        self.order: torch.Tensor | None = None
+
+    def indices(self, step: int) -> torch.Tensor:
+        position = step % self.per_epoch
+        if position == 0 and (self.order is None or self.reshuffle):
+            perms = [torch.randperm(self.size, generator=g) for g in self.generators]
+            self.order = torch.stack(perms).to(self.device)
+        return self.order[:, position * self.batch : (position + 1) * self.batch]
+
+
+def value_and_grad(problem: Problem, point: torch.Tensor, x, y):
+    """Per-run loss (R,) at ``point`` and its gradient (R, P); runs are independent, so the
+    gradient of the summed loss is each run's own gradient. The gradient is taken with respect
+    to the model's parameter pieces, then flattened back."""
+    pieces = [piece.detach().requires_grad_(True) for piece in problem.model.split(point)]
+    loss = problem.loss_of_pieces(pieces, x, y)
+    grads = torch.autograd.grad(loss, pieces, grad_outputs=torch.ones_like(loss))
+    flat = [g.reshape(len(point), -1) for g in grads]
+    return loss.detach(), flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
+
+
+class Curves:
+    """Curves kept on the device as lists of (R,) tensors, copied back once by ``results``."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[int]] = defaultdict(list)
+        self.values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.seconds_at: dict[int, float] = {}
+        self.start = time.perf_counter()
+
+    def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        self.seconds_at.setdefault(step, time.perf_counter() - self.start)
+        for name, value in metrics.items():
+            self.steps[name].append(step)
+            self.values[name].append(value.detach().reshape(-1))
+
+    def per_run(self, diverged_steps: list[int | None]) -> list[dict]:
+        """metric -> (steps, values) for every run, cut after the run's divergence step."""
+        tables = {name: torch.stack(v).T.cpu().tolist() for name, v in self.values.items()}
+        runs = []
+        for index, stop in enumerate(diverged_steps):
+            curves = {}
+            for name, table in tables.items():
+                pairs = [
+                    (s, v)
+                    for s, v in zip(self.steps[name], table[index], strict=True)
+                    if stop is None or s <= stop
+                ]
+                curves[name] = ([s for s, _ in pairs], [v for _, v in pairs])
+            runs.append(curves)
+        return runs
+
+
+def check_cohort(specs: list[RunConfig]) -> None:
+    """Raise ValueError unless all runs share one structure (see :func:`cohort_key`)."""
+    keys = {cohort_key(spec) for spec in specs}
+    if len(keys) != 1:
+        raise ValueError(
+            "the runs of a cohort must share everything but seeds, inits and "
+            "numeric optimizer or schedule values"
+        )
+
+
+def train_cohort(specs: list[RunConfig], problem: Problem | None = None) -> list[RunResult]:
+    """Train every run of ``specs`` (one structure) together; one result per run, in order."""
+    check_cohort(specs)
+    first = specs[0]
+    device = devices.resolve(first.trainer.device)
+    dtype = DTYPES[first.trainer.dtype]
+    if first.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    problem = (problem or problem_module.build(first)).on(device, dtype)
+    plan = make_plan(first, problem.data.sizes["train"])
+    rule = optim.build(first.optimizer)
+    hp = stack_hyperparameters([s.optimizer for s in specs], device, dtype)
+    base_lr = hp.get("lr")
+    theta = initial_parameters(specs, problem.model).to(device, dtype)
+    schedule_hp = stack_hyperparameters([s.schedule for s in specs], device, dtype)
+    schedule = schedules.build(first.schedule.name, schedule_hp, plan.total_steps, theta[:, :1])
+    monitor = getattr(first.schedule, "monitor", "train")
+    loop = _Loop(
+        problem,
+        plan,
+        rule,
+        hp,
+        base_lr,
+        schedule,
+        monitor,
+        first.trainer,
+        [s.seed for s in specs],
+        device,
+    )
+    curves, diverged_at, theta = loop.run(theta)
+    seconds = time.perf_counter() - curves.start
+    diverged_steps = [None if s < 0 else s for s in diverged_at.cpu().tolist()]
+    return [
+        RunResult(
+            run_curves,
+            curves.seconds_at,
+            stop,
+            theta[index].detach().cpu(),
+            seconds,
+            plan,
+            str(device),
+            devices.describe(device),
+        )
+        for index, (run_curves, stop) in enumerate(
+            zip(curves.per_run(diverged_steps), diverged_steps, strict=True)
+        )
+    ]
+
+
+class _Loop:
+    """The training loop of one cohort (see the module docstring)."""
+
+    def __init__(self, problem, plan, rule, hp, base_lr, schedule, monitor, trainer, seeds, device):
+        self.problem, self.plan, self.rule, self.hp = problem, plan, rule, hp
+        self.base_lr, self.schedule, self.monitor = base_lr, schedule, monitor
+        self.trainer = trainer
+        self.batches = (
+            BatchOrder(
+                seeds, problem.data.sizes["train"], plan.batch_size, trainer.reshuffle, device
+            )
+            if plan.batch_size
+            else None
+        )
+        self.two_parameters = problem.model.size == 2
+        self.reuse_loss = plan.batch_size is None and rule.lookahead is None
+
+    def batch(self, step: int):
+        data = self.problem.data
+        if self.batches is None:
+            return data.x_train, data.y_train
+        index = self.batches.indices(step)
+        return data.x_train[index], data.y_train[index]
+
+    def learning_rate(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        base = self.base_lr if self.base_lr is not None else torch.ones_like(like[:, :1])
+        if type(self.schedule) is schedules.Constant:
+            return base
+        return base * self.schedule.factor(step)
+
+    def evaluate(self, curves: Curves, step: int, theta, train_loss=None) -> None:
+        """Loss (and accuracy) on every split; feeds the schedule its monitored loss.
+        ``train_loss``, when given, is the training loss at ``theta`` already computed."""
+        with torch.no_grad():
+            parts = {
+                part: self.problem.evaluate(
+                    theta, part, skip_loss=part == "train" and train_loss is not None
+                )
+                for part in ("train", "val", "test")
+            }
+        if train_loss is not None:
+            parts["train"]["loss"] = train_loss
+        curves.add(
+            step,
+            {
+                f"{part}_{name}": value
+                for part, metrics in parts.items()
+                for name, value in metrics.items()
+            },
+        )
+        self.schedule.observe(parts[self.monitor]["loss"])
+
+    def run(self, theta: torch.Tensor):
+        problem, plan, rule, hp = self.problem, self.plan, self.rule, self.hp
+        curves = Curves()
+        state = rule.init(theta)
+        with torch.no_grad():
+            initial = problem.evaluate(theta, "train")["loss"]
+        factor = self.trainer.divergence_factor
+        limit = initial.abs() * factor if factor is not None else None
+        if limit is not None:
+            limit = torch.where(torch.isfinite(limit), limit, torch.finfo(limit.dtype).max)
+        active = torch.ones_like(initial, dtype=torch.bool)
+        diverged_at = torch.full_like(initial, -1, dtype=torch.long)
+        batch_losses, batches_since_log = torch.zeros_like(initial), 0
+        for step in range(plan.total_steps):
+            x, y = self.batch(step)
+            lr = self.learning_rate(step, theta)
+            point = rule.lookahead(theta, state, hp, lr) if rule.lookahead else theta
+            loss, grad = value_and_grad(problem, point, x, y)
+            healthy = torch.isfinite(loss) if limit is None else loss <= limit  # False for NaN
+            diverged_at = torch.where(active & ~healthy, step, diverged_at)
+            active = active & healthy
+            if step in plan.eval_steps:
+                self.evaluate(curves, step, theta, loss if self.reuse_loss else None)
+            with torch.no_grad():
+
+                def loss_at(points, x=x, y=y):
+                    return problem.loss(points, x, y)
+
+                delta, state = rule.update(grad, state, theta, hp, lr, loss_at)
+                theta_next = torch.where(active.unsqueeze(1), theta + delta, theta)
+            if self.batches is not None:
+                batch_losses, batches_since_log = batch_losses + loss, batches_since_log + 1
+            if step in plan.log_steps:
+                metrics = {"lr": rule.step_size(state, lr) if rule.step_size else lr}
+                if self.two_parameters:
+                    metrics.update(phi0=theta[:, 0], phi1=theta[:, 1])
+                if self.batches is not None:
+                    metrics["batch_loss"] = batch_losses / batches_since_log
+                    batch_losses, batches_since_log = torch.zeros_like(initial), 0
+                curves.add(step, metrics)
+                if not bool(active.any()):
+                    return curves, diverged_at, theta_next
+            theta = theta_next
+        end = plan.total_steps
+        if self.two_parameters:
+            curves.add(end, {"phi0": theta[:, 0], "phi1": theta[:, 1]})
+        self.evaluate(curves, end, theta)
+        return curves, diverged_at, theta

@@ -1,0 +1,88 @@
+"""A test problem: data, model and loss declared in one place, checked to fit together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness import data as data_module
+from harness import losses, models
+from harness.config import ConfigError, RunConfig
+from harness.data import Dataset
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``loss(theta, x, y)`` is the per-run loss (R,) of parameters ``theta`` (R, P)."""
+
+    data: Dataset
+    model: Any
+    loss_fn: Any
+
+    @property
+    def is_surface(self) -> bool:
+        return self.data.task == data_module.NO_DATA
+
+    @property
+    def classifies(self) -> bool:
+        return hasattr(self.loss_fn, "correct")
+
+    def loss(self, theta: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None):
+        return self.loss_of_pieces(self.model.split(theta), x, y)
+
+    def loss_of_pieces(self, pieces: list[torch.Tensor], x, y) -> torch.Tensor:
+        """The loss from the model's parameter pieces (see ``models.FlatModel.split``)."""
+        return self.loss_fn(self.model.forward(pieces, x), y)
+
+    def evaluate(self, theta: torch.Tensor, part: str, skip_loss: bool = False):
+        """Loss (and accuracy when classifying) of every run on a whole split, shape (R,);
+        ``skip_loss`` leaves out the loss, for a caller that has it already."""
+        if self.is_surface:
+            return {"loss": self.model(theta)} if part == "train" and not skip_loss else {}
+        x, y = getattr(self.data, f"x_{part}"), getattr(self.data, f"y_{part}")
+        if len(x) == 0 or (skip_loss and not self.classifies):
+            return {}
+        outputs = self.model(theta, x)
+        metrics = {} if skip_loss else {"loss": self.loss_fn(outputs, y)}
+        if self.classifies:
+            metrics["accuracy"] = self.loss_fn.correct(outputs, y).mean(-1)
+        return metrics
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> Problem:
+        return Problem(self.data.to(device, dtype), self.model, self.loss_fn)
+
+
+def build(spec: RunConfig, dataset: Dataset | None = None) -> Problem:
+    """Load the data (unless given) and build model and loss; reject pieces that do not fit."""
+    dataset = dataset if dataset is not None else data_module.load(spec.dataset)
+    loss_fn = losses.build(spec.loss)
+    if dataset.task not in loss_fn.targets:
+        raise ConfigError(
+            "loss",
+            spec.loss.name,
+            f"dataset {dataset.name} is a {dataset.task} task; "
+            f"{spec.loss.name} takes {', '.join(loss_fn.targets)} targets",
+        )
+    if spec.model.name == "gabor" and dataset.features != 1:
+        raise ConfigError(
+            "model",
+            "gabor",
+            f"the Gabor model takes one input feature; {dataset.name} has {dataset.features}",
+        )
+    model = models.build(spec.model, dataset.features, loss_fn.outputs(dataset.classes))
+    if spec.model.init is not None and model.size != 2:
+        raise ConfigError(
+            "model.init",
+            spec.model.init,
+            f"only two-parameter models take an init; this one has {model.size}",
+        )
+    batch = spec.trainer.batch_size
+    if batch is not None and batch > dataset.sizes["train"]:
+        raise ConfigError(
+            "trainer.batch_size",
+            batch,
+            f"expected at most the training split's {dataset.sizes['train']} points",
+        )
+    return Problem(dataset, model, loss_fn)

@@ -1,0 +1,88 @@
+"""``python -m harness.train [overrides]``: train one configuration and record it in MLflow.
+
+Everything is validated before any MLflow run is created: the composed config (types, ranges,
+combinations), the data (files, splits, batch size), the optimizer, the device and the tracking
+store. A bad value prints one ``error:`` line naming the key, the value and what is allowed,
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from harness import config, devices, engine, optim, tracking
+from harness import problem as problem_module
+from harness.config import ConfigError, RunConfig
+from harness.problem import Problem
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, tracking.Store]:
+    """Validate everything a run needs and open its store; raises ConfigError."""
+    spec = config.to_spec(cfg)
+    problem = problem_module.build(spec)
+    optim.build(spec.optimizer)
+    devices.resolve(spec.trainer.device)
+    store = tracking.open_store(spec.tracking)
+    return spec, problem, store
+
+
+def run_name(spec: RunConfig) -> str:
+    """``run_name`` if set, else optimizer-model-dataset-lr-seed."""
+    if spec.run_name:
+        return spec.run_name
+    lr = getattr(spec.optimizer, "lr", None)
+    rate = f"-lr{lr:g}" if lr is not None else ""
+    return f"{spec.optimizer.name}-{spec.model.name}-{spec.dataset.name}{rate}-seed{spec.seed}"
+
+
+def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
+    """Train one run inside an MLflow run; an exception marks the run FAILED and propagates."""
+    plan = engine.make_plan(spec, problem.data.sizes["train"])
+    derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
+    derived.update(
+        {"data.steps_per_epoch": plan.steps_per_epoch, "data.total_steps": plan.total_steps}
+    )
+    run_id = store.start_run(
+        spec,
+        run_name(spec),
+        tracking.run_params(spec, derived),
+        {"split_digest": problem.data.split_digest},
+    )
+    try:
+        result = engine.train_cohort([spec], problem)[0]
+    except BaseException as error:
+        store.fail(run_id, error)
+        raise
+    store.finish(run_id, result)
+    return run_id, result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        spec, problem, store = prepare(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    run_id, result = train_and_record(spec, problem, store)
+    outcome = f"diverged at step {result.diverged_step}" if result.diverged else "finished"
+    summary = [f"train_loss {result.final('train_loss'):.6g}"]
+    summary += [
+        f"{name} {result.final(name):.4g}"
+        for name in ("val_loss", "test_loss", "test_accuracy")
+        if result.final(name) is not None
+    ]
+    print(
+        f"run {run_id} ({run_name(spec)}) {outcome} in {result.seconds:.2f} s: "
+        f"{', '.join(summary)}; stored in {store.uri}, experiment {spec.tracking.experiment!r}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Data sets, models and losses: the lecture's check values and gradients against finite
+differences."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_spec
+
+from harness import data, problem
+from harness.config import ConfigError
+
+
+def loss_at(spec_overrides: list[str], phi: list[float]) -> float:
+    spec = compose_spec(*spec_overrides)
+    built = problem.build(spec)
+    theta = torch.tensor([phi], dtype=torch.float64)
+    return float(built.loss(theta, built.data.x_train, built.data.y_train))
+
+
+def test_linear_toy_check_value():
+    assert loss_at(["dataset=linear_toy", "model=linear"], [0.6, -0.2]) == pytest.approx(
+        12.367, abs=5e-4
+    )
+
+
+def test_gabor_toy_check_value_with_the_books_envelope():
+    assert loss_at(
+        ["dataset=gabor_toy", "model=gabor", "model.envelope=32"], [0.6, -0.2]
+    ) == pytest.approx(16.419, abs=5e-4)
+
+
+def test_gabor_global_minimum_is_near_zero_sixteen():
+    spec = compose_spec("model.envelope=32")
+    built = problem.build(spec)
+    phi0, phi1 = torch.meshgrid(
+        torch.linspace(-10, 10, 201, dtype=torch.float64),
+        torch.linspace(2.5, 22.5, 201, dtype=torch.float64),
+        indexing="ij",
+    )
+    theta = torch.stack([phi0.reshape(-1), phi1.reshape(-1)], 1)
+    losses = built.loss(theta, built.data.x_train, built.data.y_train)
+    best = int(losses.argmin())
+    assert float(losses[best]) == pytest.approx(0.646, abs=0.01)
+    assert theta[best].tolist() == pytest.approx([0.0, 16.0], abs=0.5)
+
+
+def test_half_mean_reduction_is_the_lecture_snippet():
+    book = loss_at(["dataset=linear_toy", "model=linear"], [0.6, -0.2])
+    snippet = loss_at(
+        ["dataset=linear_toy", "model=linear", "loss.reduction=mean", "loss.scale=0.5"], [0.6, -0.2]
+    )
+    assert snippet == pytest.approx(0.5 * book / 12)
+
+
+def test_toy_sets_have_the_books_sizes_and_no_held_out_points():
+    for name, size in (("linear_toy", 12), ("gabor_toy", 30)):
+        loaded = data.load(compose_spec(f"dataset={name}").dataset)
+        assert loaded.sizes == {"train": size, "val": 0, "test": 0}
+
+
+def test_splits_are_seeded_disjoint_and_cover_the_data():
+    cfg = compose_spec("dataset=wine").dataset
+    train, val, test = data.split_indices(178, cfg.val_fraction, cfg.test_fraction, 3)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(178))
+    again = data.split_indices(178, cfg.val_fraction, cfg.test_fraction, 3)
+    assert all((a == b).all() for a, b in zip((train, val, test), again, strict=True))
+    other = data.split_indices(178, cfg.val_fraction, cfg.test_fraction, 4)
+    assert not (train == other[0]).all()
+    assert (len(val), len(test)) == (36, 36)
+
+
+def test_standardisation_uses_training_statistics_only():
+    loaded = data.load(compose_spec("dataset=breast_cancer").dataset)
+    assert loaded.x_train.mean(0).abs().max() < 1e-10
+    assert (loaded.x_train.std(0, unbiased=False) - 1).abs().max() < 1e-10
+    assert loaded.x_test.mean(0).abs().max() > 1e-3  # the test split is not re-centred
+
+
+def test_split_seed_changes_the_digest():
+    first = data.load(compose_spec("dataset=digits").dataset)
+    second = data.load(compose_spec("dataset=digits", "dataset.split_seed=1").dataset)
+    assert first.split_digest != second.split_digest
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "classes", "features"),
+    [
+        ("diabetes", "regression", 0, 10),
+        ("breast_cancer", "binary", 2, 30),
+        ("digits", "multiclass", 10, 64),
+        ("wine", "multiclass", 3, 13),
+        ("regression1d", "regression", 0, 1),
+        ("moons", "binary", 2, 2),
+        ("blobs", "multiclass", 3, 2),
+    ],
+)
+def test_bundled_and_generated_sets_load(name, task, classes, features):
+    loaded = data.load(compose_spec(f"dataset={name}").dataset)
+    assert (loaded.task, loaded.classes, loaded.features) == (task, classes, features)
+    assert sum(loaded.sizes.values()) > 0 and loaded.sizes["val"] > 0
+
+
+def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(f"{path}.gz", "wb") as stream:
+            stream.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist(root, train=40, test=10, gz=False):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (train, 28, 28)), gz)
+    write_idx(root / "train-labels-idx1-ubyte", np.arange(train) % 10, gz)
+    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (test, 28, 28)), gz)
+    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(test) % 10, gz)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_are_read(tmp_path, gz):
+    write_mnist(tmp_path / "mnist", gz=gz)
+    loaded = data.load(compose_spec("dataset=mnist", f"dataset.root={tmp_path}/mnist").dataset)
+    assert loaded.features == 784 and loaded.classes == 10
+    assert loaded.sizes == {"train": 36, "val": 4, "test": 10}
+
+
+def test_missing_idx_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(ConfigError, match="download them from github.com/zalandoresearch"):
+        data.load(compose_spec("dataset=fashion_mnist", f"dataset.root={tmp_path}").dataset)
+
+
+def test_a_corrupt_idx_file_is_refused(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab")
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+        data.read_idx(tmp_path / "bad")
+
+
+# --------------------------------------------------------------------- gradients
+
+CASES = [
+    ["dataset=linear_toy", "model=linear"],
+    ["dataset=gabor_toy", "model=gabor", "model.envelope=32"],
+    ["dataset=regression1d", "model=linear", "loss=gaussian_nll"],
+    ["dataset=regression1d", "model=mlp", "loss=gaussian_nll", "model.activation=tanh"],
+    ["dataset=moons", "model=logistic", "loss=bce"],
+    ["dataset=moons", "model=mlp", "loss=bce", "model.activation=gelu"],
+    ["dataset=wine", "model=softmax", "loss=cross_entropy"],
+    [
+        "dataset=wine",
+        "model=mlp",
+        "loss=cross_entropy",
+        "model.depth=2",
+        "model.width=5",
+        "model.activation=sigmoid",
+    ],
+    ["dataset=diabetes", "model=mlp", "model.width=4", "loss.reduction=mean"],
+    ["dataset=none", "model=adam_demo", "loss=surface"],
+    ["dataset=none", "model=rosenbrock", "loss=surface"],
+]
+
+
+@pytest.mark.parametrize("overrides", CASES, ids=lambda o: "-".join(v.split("=")[1] for v in o[:3]))
+def test_gradients_match_finite_differences(overrides):
+    built = problem.build(compose_spec(*overrides))
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.stack([built.model.init(generator) for _ in range(2)]).requires_grad_(True)
+    x, y = built.data.x_train[:20], built.data.y_train[:20]
+
+    def total(t):
+        return built.loss(t, x, y).sum()
+
+    assert torch.autograd.gradcheck(total, (theta,), eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,138 @@
+"""Tracking into a real MLflow sqlite store: params, curves, tags, artifact, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose_spec, runs_in
+from mlflow.tracking import MlflowClient
+
+from harness import config, tracking, train
+from harness import problem as problem_module
+from harness.config import ConfigError
+
+
+def test_uri_precedence(monkeypatch, tmp_path):
+    default = f"sqlite:///{ROOT / 'mlflow.db'}"
+    assert tracking.resolve_uri(None) == default
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/env.db")
+    assert tracking.resolve_uri(None) == "sqlite:////elsewhere/env.db"
+    assert tracking.resolve_uri("sqlite:////explicit.db") == "sqlite:////explicit.db"
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
+
+
+@pytest.mark.parametrize(
+    "uri", ["file:///tmp/mlruns", "mlruns", "sqlite:////no/such/folder/x.db", "http://127.0.0.1:9/"]
+)
+def test_unusable_uris_are_refused(uri):
+    with pytest.raises(ConfigError, match="tracking.uri"):
+        tracking.check_uri(tracking.resolve_uri(uri))
+
+
+def record(store_uri, *overrides):
+    spec = compose_spec(f"tracking.uri={store_uri}", *overrides)
+    built = problem_module.build(spec)
+    store = tracking.open_store(spec.tracking)
+    run_id, result = train.train_and_record(spec, built, store)
+    return spec, MlflowClient(tracking_uri=store_uri).get_run(run_id), result
+
+
+def test_a_run_records_params_curves_tags_and_config(store_uri):
+    spec, run, result = record(
+        store_uri,
+        "dataset=wine",
+        "model=softmax",
+        "loss=cross_entropy",
+        "optimizer=momentum",
+        "trainer.steps=30",
+        "seed=7",
+    )
+    params = run.data.params
+    assert params["optimizer.name"] == "momentum" and float(params["optimizer.lr"]) == 0.1
+    assert params["dataset.name"] == "wine" and params["model.name"] == "softmax"
+    assert params["loss.name"] == "cross_entropy" and params["schedule.name"] == "constant"
+    assert params["seed"] == "7" and json.loads(params["model.init"]) is None
+    assert (
+        int(params["data.n_train"]) + int(params["data.n_val"]) + int(params["data.n_test"]) == 178
+    )
+    tags = run.data.tags
+    assert tags["fingerprint"] == config.fingerprint(spec)
+    assert tags["diverged"] == "false" and tags["device"] == "cpu"
+    assert {"torch_version", "mlflow_version", "git_commit", "split_digest"} <= set(tags)
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(tracking_uri=store_uri)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(31))
+    assert [m.value for m in history] == pytest.approx(result.curves["train_loss"][1])
+    for metric in ("val_loss", "test_loss", "val_accuracy", "test_accuracy", "lr"):
+        assert metric in run.data.metrics
+    artifact = Path(client.download_artifacts(run.info.run_id, "config.yaml"))
+    assert "momentum" in artifact.read_text()
+
+
+def test_two_parameter_runs_record_their_trajectory(store_uri):
+    _, run, result = record(
+        store_uri, "model.init=[-1.5,8.5]", "trainer.steps=5", "tracking.log_every=1"
+    )
+    client = MlflowClient(tracking_uri=store_uri)
+    phi0 = client.get_metric_history(run.info.run_id, "phi0")
+    assert phi0[0].value == -1.5 and len(phi0) == 6
+
+
+def test_the_fingerprint_ignores_tracking_and_run_name():
+    a = compose_spec("tracking.experiment=a", "run_name=x")
+    b = compose_spec("tracking.experiment=b", "tracking.log_every=3")
+    assert config.fingerprint(a) == config.fingerprint(b)
+    assert config.fingerprint(a) != config.fingerprint(compose_spec("seed=1"))
+
+
+def test_curves_are_written_in_batches(store_uri, monkeypatch):
+    calls = []
+    original = MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append(len(metrics))
+        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counting)
+    monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **k: pytest.fail("per-step call"))
+    record(store_uri, "trainer.steps=1500", "tracking.log_every=1")
+    assert sum(calls) > 1500 * 3 and len(calls) < 15
+
+
+def test_a_diverged_run_is_finished_and_tagged(store_uri):
+    _, run, _ = record(
+        store_uri,
+        "dataset=linear_toy",
+        "model=linear",
+        "optimizer.lr=0.5",
+        "model.init=[1.6,-0.5]",
+        "trainer.steps=100",
+    )
+    assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
+    assert run.data.metrics["diverged_step"] < 100
+
+
+def test_a_run_that_raises_is_recorded_failed(store_uri, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr(train.engine, "train_cohort", explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        record(store_uri, "trainer.steps=3")
+    (run,) = runs_in(store_uri)
+    assert run.info.status == "FAILED"
+    assert "boom in training" in run.data.tags["error"]
+
+
+def test_an_interrupted_run_is_recorded_killed(store_uri, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.engine, "train_cohort", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        record(store_uri, "trainer.steps=3")
+    assert runs_in(store_uri)[0].info.status == "KILLED"
