@@ -25,7 +25,7 @@ from harness import config, engine, tracking, train
 from harness import problem as problem_module
 
 ROOT = Path(__file__).resolve().parents[1]
-REPEATS = 3
+REPEATS = 5
 
 
 def compose_spec(*overrides: str) -> config.RunConfig:
@@ -87,10 +87,11 @@ def bench_single_run() -> dict[str, float]:
             harness_times.append(time.perf_counter() - start)
             bare_times.append(bare_torch_loop(problem, 30, 32, 1e-3, 0))
     harness_s, bare_s = statistics.median(harness_times), statistics.median(bare_times)
+    ratios = [h / b for h, b in zip(harness_times, bare_times, strict=True)]
     return {
         "harness_s": harness_s,
         "bare_s": bare_s,
-        "ratio": harness_s / bare_s,
+        "ratio": statistics.median(ratios),
         "test_accuracy": result.final("test_accuracy"),
     }
 

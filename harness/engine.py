@@ -9,17 +9,19 @@ Per update ``s`` (from 0): take the batch, evaluate the loss and its gradient at
 point, mark runs whose loss is not finite or above ``divergence_factor`` times their initial
 loss as diverged (their parameters freeze and their curves end there), and apply the rule's
 update with learning rate ``lr * schedule.factor(s)``. Curves are kept on the device and
-copied back once, at the end.
+copied back in chunks (see :class:`Curves`).
 
 Curves (step = number of updates done). At evaluation points, on whole splits: ``train_loss``,
 ``val_loss``, ``test_loss`` and, when classifying, ``train_accuracy``, ``val_accuracy``,
 ``test_accuracy``. At log points: ``lr`` (of the update taken at that step; the line search's
-chosen step), ``phi0``/``phi1`` for two-parameter models, and with mini-batches
+chosen step; a constant one at the first and last log point only), ``phi0``/``phi1`` for
+two-parameter models, and with mini-batches
 ``batch_loss``, the mean mini-batch loss of the updates since the previous log point.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -35,6 +37,11 @@ from harness.problem import Problem
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TARGET_LOG_POINTS = 250
+FLUSH_EVERY = 32  # log points between hand-overs of curves to a sink
+
+
+def _steps_or_none(diverged_at: torch.Tensor) -> list[int | None]:
+    return [None if s < 0 else s for s in diverged_at.cpu().tolist()]
 
 
 @dataclass
@@ -148,21 +155,29 @@ class BatchOrder:
 def value_and_grad(problem: Problem, point: torch.Tensor, x, y):
     """Per-run loss (R,) at ``point`` and its gradient (R, P); runs are independent, so the
     gradient of the summed loss is each run's own gradient. The gradient is taken with respect
-    to the model's parameter pieces, then flattened back."""
-    pieces = [piece.detach().requires_grad_(True) for piece in problem.model.split(point)]
+    to the model's parameter pieces, then flattened back. A lone run drops the run dimension
+    (``x`` (N, D), ``y`` (N,)), so its graph is that of a plain PyTorch model."""
+    runs, flat = len(point), point.detach()
+    pieces = [
+        piece.requires_grad_(True) for piece in problem.model.split(flat[0] if runs == 1 else flat)
+    ]
     loss = problem.loss_of_pieces(pieces, x, y)
-    grads = torch.autograd.grad(loss, pieces, grad_outputs=torch.ones_like(loss))
-    flat = [g.reshape(len(point), -1) for g in grads]
-    return loss.detach(), flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
+    grads = torch.autograd.grad(loss.sum(), pieces)
+    flat = [g.reshape(runs, -1) for g in grads]
+    return loss.detach().reshape(runs), flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
 
 
 class Curves:
-    """Curves kept on the device as lists of (R,) tensors, copied back once by ``results``."""
+    """Curves kept on the device as lists of (R,) tensors until ``take`` copies the new points
+    to the host: per run, cut after the run's divergence step, kept for the results and handed
+    to ``sink(chunks, seconds_at)`` (one ``{metric: (steps, values)}`` per run) if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, runs: int, sink=None) -> None:
         self.steps: dict[str, list[int]] = defaultdict(list)
         self.values: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.seconds_at: dict[int, float] = {}
+        self.per_run: list[dict[str, tuple[list[int], list[float]]]] = [{} for _ in range(runs)]
+        self.sink = sink
         self.start = time.perf_counter()
 
     def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
@@ -171,21 +186,30 @@ class Curves:
             self.steps[name].append(step)
             self.values[name].append(value.detach().reshape(-1))
 
-    def per_run(self, diverged_steps: list[int | None]) -> list[dict]:
-        """metric -> (steps, values) for every run, cut after the run's divergence step."""
-        tables = {name: torch.stack(v).T.cpu().tolist() for name, v in self.values.items()}
-        runs = []
-        for index, stop in enumerate(diverged_steps):
-            curves = {}
-            for name, table in tables.items():
-                pairs = [
+    def take(self, diverged_steps: list[int | None]) -> None:
+        """Move the points added since the last take to the host (one copy per metric)."""
+        chunks: list[dict] = [{} for _ in diverged_steps]
+        steps_seen: set[int] = set()
+        for name, values in self.values.items():
+            if not values:
+                continue
+            table = torch.stack(values).T.cpu().tolist()
+            for index, stop in enumerate(diverged_steps):
+                kept = [
                     (s, v)
                     for s, v in zip(self.steps[name], table[index], strict=True)
                     if stop is None or s <= stop
                 ]
-                curves[name] = ([s for s, _ in pairs], [v for _, v in pairs])
-            runs.append(curves)
-        return runs
+                if kept:
+                    chunks[index][name] = ([s for s, _ in kept], [v for _, v in kept])
+                    steps_seen.update(chunks[index][name][0])
+                    old_steps, old_values = self.per_run[index].setdefault(name, ([], []))
+                    old_steps.extend(chunks[index][name][0])
+                    old_values.extend(chunks[index][name][1])
+            values.clear()
+            self.steps[name].clear()
+        if self.sink is not None:
+            self.sink(chunks, {step: self.seconds_at[step] for step in steps_seen})
 
 
 def check_cohort(specs: list[RunConfig]) -> None:
@@ -198,8 +222,13 @@ def check_cohort(specs: list[RunConfig]) -> None:
         )
 
 
-def train_cohort(specs: list[RunConfig], problem: Problem | None = None) -> list[RunResult]:
-    """Train every run of ``specs`` (one structure) together; one result per run, in order."""
+def train_cohort(
+    specs: list[RunConfig], problem: Problem | None = None, sink=None
+) -> list[RunResult]:
+    """Train every run of ``specs`` (one structure) together; one result per run, in order.
+
+    ``sink(chunks, seconds_at)``, if given, receives the curves while training goes on, every
+    ``FLUSH_EVERY`` log points and at the end (see :class:`Curves`)."""
     check_cohort(specs)
     first = specs[0]
     device = devices.resolve(first.trainer.device)
@@ -227,9 +256,11 @@ def train_cohort(specs: list[RunConfig], problem: Problem | None = None) -> list
         [s.seed for s in specs],
         device,
     )
-    curves, diverged_at, theta = loop.run(theta)
+    curves = Curves(len(specs), sink)
+    diverged_at, theta = loop.run(theta, curves)
+    diverged_steps = _steps_or_none(diverged_at)
+    curves.take(diverged_steps)
     seconds = time.perf_counter() - curves.start
-    diverged_steps = [None if s < 0 else s for s in diverged_at.cpu().tolist()]
     return [
         RunResult(
             run_curves,
@@ -241,9 +272,7 @@ def train_cohort(specs: list[RunConfig], problem: Problem | None = None) -> list
             str(device),
             devices.describe(device),
         )
-        for index, (run_curves, stop) in enumerate(
-            zip(curves.per_run(diverged_steps), diverged_steps, strict=True)
-        )
+        for index, (run_curves, stop) in enumerate(zip(curves.per_run, diverged_steps, strict=True))
     ]
 
 
@@ -262,6 +291,9 @@ class _Loop:
             else None
         )
         self.two_parameters = problem.model.size == 2
+        # a constant learning rate is logged at the first and last log step only
+        self.lr_varies = rule.step_size is not None or type(schedule) is not schedules.Constant
+        self.last_log_step = max(plan.log_steps - {plan.total_steps})
         self.reuse_loss = plan.batch_size is None and rule.lookahead is None
 
     def batch(self, step: int):
@@ -269,6 +301,8 @@ class _Loop:
         if self.batches is None:
             return data.x_train, data.y_train
         index = self.batches.indices(step)
+        if len(index) == 1:  # a lone run trains without the run dimension
+            index = index[0]
         return data.x_train[index], data.y_train[index]
 
     def learning_rate(self, step: int, like: torch.Tensor) -> torch.Tensor:
@@ -299,9 +333,10 @@ class _Loop:
         )
         self.schedule.observe(parts[self.monitor]["loss"])
 
-    def run(self, theta: torch.Tensor):
+    def run(self, theta: torch.Tensor, curves: Curves):
+        """Train; returns each run's divergence step (-1: none) and the final parameters."""
         problem, plan, rule, hp = self.problem, self.plan, self.rule, self.hp
-        curves = Curves()
+        logged = 0
         state = rule.init(theta)
         with torch.no_grad():
             initial = problem.evaluate(theta, "train")["loss"]
@@ -310,7 +345,7 @@ class _Loop:
         if limit is not None:
             limit = torch.where(torch.isfinite(limit), limit, torch.finfo(limit.dtype).max)
         active = torch.ones_like(initial, dtype=torch.bool)
-        diverged_at = torch.full_like(initial, -1, dtype=torch.long)
+        healthy_steps = torch.zeros_like(initial, dtype=torch.long)
         batch_losses, batches_since_log = torch.zeros_like(initial), 0
         for step in range(plan.total_steps):
             x, y = self.batch(step)
@@ -318,32 +353,35 @@ class _Loop:
             point = rule.lookahead(theta, state, hp, lr) if rule.lookahead else theta
             loss, grad = value_and_grad(problem, point, x, y)
             healthy = torch.isfinite(loss) if limit is None else loss <= limit  # False for NaN
-            diverged_at = torch.where(active & ~healthy, step, diverged_at)
             active = active & healthy
+            healthy_steps += active
             if step in plan.eval_steps:
                 self.evaluate(curves, step, theta, loss if self.reuse_loss else None)
-            with torch.no_grad():
-
-                def loss_at(points, x=x, y=y):
-                    return problem.loss(points, x, y)
-
-                delta, state = rule.update(grad, state, theta, hp, lr, loss_at)
-                theta_next = torch.where(active.unsqueeze(1), theta + delta, theta)
+            # theta never requires grad, so the update records no graph
+            loss_at = functools.partial(problem.loss, x=x, y=y)
+            delta, state = rule.update(grad, state, theta, hp, lr, loss_at)
+            theta_next = torch.where(active.unsqueeze(1), theta + delta, theta)
             if self.batches is not None:
                 batch_losses, batches_since_log = batch_losses + loss, batches_since_log + 1
             if step in plan.log_steps:
-                metrics = {"lr": rule.step_size(state, lr) if rule.step_size else lr}
+                metrics = {}
+                if self.lr_varies or step in (0, self.last_log_step):
+                    metrics["lr"] = rule.step_size(state, lr) if rule.step_size else lr
                 if self.two_parameters:
                     metrics.update(phi0=theta[:, 0], phi1=theta[:, 1])
                 if self.batches is not None:
                     metrics["batch_loss"] = batch_losses / batches_since_log
                     batch_losses, batches_since_log = torch.zeros_like(initial), 0
                 curves.add(step, metrics)
+                logged += 1
+                if curves.sink is not None and logged % FLUSH_EVERY == 0:
+                    curves.take(_steps_or_none(torch.where(active, -1, healthy_steps)))
                 if not bool(active.any()):
-                    return curves, diverged_at, theta_next
+                    break
             theta = theta_next
-        end = plan.total_steps
-        if self.two_parameters:
-            curves.add(end, {"phi0": theta[:, 0], "phi1": theta[:, 1]})
-        self.evaluate(curves, end, theta)
-        return curves, diverged_at, theta
+        else:
+            end = plan.total_steps
+            if self.two_parameters:
+                curves.add(end, {"phi0": theta[:, 0], "phi1": theta[:, 1]})
+            self.evaluate(curves, end, theta)
+        return torch.where(active, -1, healthy_steps), theta

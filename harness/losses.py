@@ -2,7 +2,8 @@
 
 Each loss maps model outputs ``f`` of shape (R, N, O) and targets ``y`` of shape (N,) or (R, N)
 to a loss of shape (R,), summed over the N points (``reduction: sum``, the book) or averaged
-(``mean``). ``outputs(classes)`` says how many outputs the model must produce.
+(``mean``); a single run's outputs (N, O) and targets (N,) give a scalar.
+``outputs(classes)`` says how many outputs the model must produce.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ class CrossEntropy:
         return classes
 
     def __call__(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        runs, points, classes = f.shape
-        labels = (y if y.dim() == 2 else y.expand(runs, points)).reshape(-1)
-        per_point = F.cross_entropy(f.reshape(-1, classes), labels, reduction="none")
-        return _reduce(per_point.view(runs, points), self.reduction)
+        points = f.shape[:-1]
+        labels = y.expand(points).reshape(-1)
+        per_point = F.cross_entropy(f.reshape(-1, f.shape[-1]), labels, reduction="none")
+        return _reduce(per_point.view(points), self.reduction)
 
     def correct(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (f.argmax(-1) == y).to(f.dtype)

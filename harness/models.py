@@ -5,7 +5,11 @@ per run; ``split(theta)`` cuts it into the pieces of ``shapes`` (each with the r
 in front) and ``forward(pieces, x)`` evaluates the model, so the engine can differentiate with
 respect to the pieces without slicing inside the autograd graph. ``model(theta, x)`` does both.
 Inputs ``x`` are (N, D), shared by all runs, or (R, N, D), one batch per run; outputs are
-(R, N, O). Loss surfaces take no inputs and return the loss (R,). ``init(generator)`` draws one
+(R, N, O). Loss surfaces take no inputs and return the loss (R,).
+
+``forward`` also takes the pieces of a single run without the run dimension, with inputs
+(N, D), and then returns (N, O) (a surface: a scalar): the engine trains a lone run that way,
+with the same operations as a plain PyTorch model. ``init(generator)`` draws one
 run's P starting values from that run's own generator.
 """
 
@@ -38,18 +42,17 @@ def _uniform(generator: torch.Generator, size: int, bound: float) -> Tensor:
 
 
 def _affine(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """h W + b for every run: h (R, N, I) or (N, I), weight (R, I, O), bias (R, O) -> (R, N, O).
-    A single run uses plain matrix products, which are cheaper than batched ones."""
-    if weight.shape[0] == 1:
-        flat = torch.addmm(bias[0], h.reshape(-1, h.shape[-1]), weight[0])
-        return flat.view(1, -1, weight.shape[-1])
+    """h W + b. One run: h (N, I), weight (I, O), bias (O,) -> (N, O). A cohort: h (R, N, I)
+    or shared (N, I), weight (R, I, O), bias (R, O) -> (R, N, O)."""
+    if weight.dim() == 2:
+        return torch.addmm(bias, h, weight)
     if h.dim() == 2:
         return bias.unsqueeze(1) + torch.matmul(h, weight)
     return torch.baddbmm(bias.unsqueeze(1), h, weight)
 
 
 class FlatModel:
-    """Cuts a flat (R, P) parameter tensor into the pieces listed in ``shapes``."""
+    """Cuts flat parameters, (R, P) or one run's (P,), into the pieces listed in ``shapes``."""
 
     shapes: tuple[tuple[int, ...], ...]
 
@@ -61,7 +64,7 @@ class FlatModel:
         pieces, offset = [], 0
         for shape in self.shapes:
             count = math.prod(shape)
-            pieces.append(theta[:, offset : offset + count].reshape(-1, *shape))
+            pieces.append(theta[..., offset : offset + count].reshape(*theta.shape[:-1], *shape))
             offset += count
         return pieces
 
@@ -111,7 +114,7 @@ class Gabor(FlatModel):
 
     def forward(self, pieces: list[Tensor], x: Tensor) -> Tensor:
         (phi,) = pieces
-        z = phi[:, :1] + 0.06 * phi[:, 1:2] * x[..., 0]
+        z = phi[..., :1] + 0.06 * phi[..., 1:2] * x[..., 0]
         return (torch.sin(z) * torch.exp(-z * z / self.envelope)).unsqueeze(-1)
 
 
@@ -170,7 +173,7 @@ class AdamDemoSurface(FlatModel):
         return _uniform_box(generator, (-1.0, -1.0), (2.0, 1.0))
 
     def forward(self, pieces: list[Tensor], x: Tensor | None = None) -> Tensor:
-        phi0, phi1 = pieces[0][:, 0], pieces[0][:, 1]
+        phi0, phi1 = pieces[0][..., 0], pieces[0][..., 1]
         return 1 - torch.exp(-0.5 * 4 * phi1**2) * torch.exp(-0.5 * (phi0 - 0.7) ** 2 / 4)
 
 
@@ -187,7 +190,7 @@ class RosenbrockSurface(FlatModel):
         return _uniform_box(generator, (-2.0, -1.0), (2.0, 3.0))
 
     def forward(self, pieces: list[Tensor], x: Tensor | None = None) -> Tensor:
-        phi0, phi1 = pieces[0][:, 0], pieces[0][:, 1]
+        phi0, phi1 = pieces[0][..., 0], pieces[0][..., 1]
         return (self.a - phi0) ** 2 + self.b * (phi1 - phi0**2) ** 2
 
 

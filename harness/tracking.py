@@ -5,18 +5,25 @@ split's sizes), metrics are the engine's curves written in batched calls, tags c
 fingerprint, the divergence flag, the device, library versions and the git commit, and the
 resolved config is an artifact. A run that raises is recorded FAILED (KILLED on Ctrl-C) with
 its error, never left RUNNING.
+
+The writes run in a forked writer process (where the platform forks), so they overlap
+training; ``finish`` and ``fail`` return only once everything queued for the run is written.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import re
+import signal
 import subprocess
 import traceback
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, RunConfig, TrackingConfig, as_dict, fingerprint, flatten
@@ -134,16 +142,20 @@ def _chunks(items: list, size: int):
         yield items[start : start + size]
 
 
-class Store:
-    """An MLflow store and one experiment in it."""
+class TrackingError(RuntimeError):
+    """MLflow refused a write, or the writer process died."""
 
-    def __init__(self, uri: str, experiment: str):
+
+class Recorder:
+    """Performs the MLflow writes of runs named by handles the caller chooses."""
+
+    def __init__(self, uri: str):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._experiment(experiment)
-        self.start_ms: dict[str, int] = {}
+        self.runs: dict[str, tuple[str, int]] = {}  # handle -> (run id, start in ms)
 
-    def _experiment(self, name: str) -> str:
+    def experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created if missing (opening the store on first use)."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
@@ -152,53 +164,165 @@ class Store:
         except MlflowException:  # another process created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def start(self, handle, experiment_id, name, tags, params, config: dict) -> None:
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        self.runs[handle] = (run.info.run_id, run.info.start_time)
+        entries = [Param(k, v) for k, v in params.items()]
+        for chunk in _chunks(entries, PARAM_TAG_LIMIT):
+            self.client.log_batch(run.info.run_id, params=chunk)
+        config_text = OmegaConf.to_yaml(OmegaConf.create(config))
+        self.client.log_text(run.info.run_id, config_text, "config.yaml")
+
+    def curves(self, handle, chunk: dict, seconds_at: dict[int, float]) -> None:
+        """Write ``{metric: (steps, values)}``, timestamped at the run's start plus seconds_at."""
+        run_id, start_ms = self.runs[handle]
+        metrics = [
+            Metric(name, value, start_ms + int(1000 * seconds_at.get(step, 0.0)), step)
+            for name, (steps, values) in chunk.items()
+            for step, value in zip(steps, values, strict=True)
+        ]
+        for batch in _chunks(metrics, BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=batch)
+
+    def finish(self, handle, summary: dict[str, tuple[float, int]], tags: dict[str, str]) -> str:
+        run_id, start_ms = self.runs.pop(handle)
+        metrics = [Metric(k, value, start_ms, step) for k, (value, step) in summary.items()]
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def fail(self, handle, status: str, message: str, text: str) -> str | None:
+        if handle not in self.runs:  # the run was never created
+            return None
+        run_id, _ = self.runs.pop(handle)
+        tags = [RunTag("error", message), RunTag("mlflow.note.content", text)]
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status)
+        return run_id
+
+
+def _serve(uri: str, inbox, outbox) -> None:
+    """The writer process: run Recorder calls in order; reply where asked, with the first
+    error met for that handle. Ctrl-C is left to the parent, which records KILLED."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Forget stores inherited from the parent: their sqlite connections must not be shared.
+    _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    recorder, errors = None, {}
+    for method, handle, args, reply in iter(inbox.get, None):
+        result = None
+        try:
+            recorder = recorder or Recorder(uri)
+            result = getattr(recorder, method)(handle, *args)
+        except Exception as error:  # reported to the parent at the run's finish or fail
+            errors.setdefault(handle, f"{type(error).__name__}: {error}")
+        if reply:
+            outbox.put((result, errors.pop(handle, None)))
+
+
+class Writer:
+    """Recorder calls in a forked process, so MLflow's writes overlap training; calls that
+    ask for a reply wait until that call and all before it are done."""
+
+    def __init__(self, uri: str):
+        context = multiprocessing.get_context("fork")
+        self.inbox, self.outbox = context.Queue(), context.Queue()
+        self.process = context.Process(
+            target=_serve, args=(uri, self.inbox, self.outbox), daemon=True
+        )
+        self.process.start()
+
+    def call(self, method: str, handle: str, *args, reply: bool = False):
+        self.inbox.put((method, handle, args, reply))
+        if not reply:
+            return None
+        while True:
+            try:
+                result, error = self.outbox.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise TrackingError("the tracking writer process died") from None
+        if error is not None:
+            raise TrackingError(error)
+        return result
+
+    def close(self) -> None:
+        self.inbox.put(None)
+        self.process.join(timeout=30)
+
+
+class InlineWriter:
+    """Recorder calls in this process (where fork is not available)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.recorder: Recorder | None = None
+
+    def call(self, method: str, handle: str, *args, reply: bool = False):
+        try:
+            self.recorder = self.recorder or Recorder(self.uri)
+            return getattr(self.recorder, method)(handle, *args)
+        except Exception as error:
+            raise TrackingError(f"{type(error).__name__}: {error}") from error
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
+
+class Store:
+    """An MLflow store and one experiment in it; runs are written through a writer, in a
+    forked process where the platform can fork (``background``), else in this one. Only the
+    writer connects to the store, so no database connection crosses a fork."""
+
+    def __init__(self, uri: str, experiment: str, background: bool = True):
+        self.uri = uri
+        forks = background and "fork" in multiprocessing.get_all_start_methods()
+        self.writer = Writer(uri) if forks else InlineWriter(uri)
+        try:
+            self.experiment_id = self.writer.call("experiment", experiment, reply=True)
+        except BaseException:
+            self.close()
+            raise
+
     def start_run(
         self, spec: RunConfig, name: str, params: dict[str, str], tags: dict[str, str]
     ) -> str:
-        """Create the run (RUNNING) with its params, tags and config artifact."""
+        """Create the run (RUNNING) with its params, tags and config artifact; returns the
+        handle that names it in the other calls."""
+        handle = uuid.uuid4().hex
         all_tags = {"fingerprint": fingerprint(spec), **environment_tags(), **tags}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
-        self.start_ms[run_id] = run.info.start_time
-        entries = [Param(k, v) for k, v in params.items()]
-        for chunk in _chunks(entries, PARAM_TAG_LIMIT):
-            self.client.log_batch(run_id, params=chunk)
-        self.client.log_text(
-            run_id, OmegaConf.to_yaml(OmegaConf.create(as_dict(spec))), "config.yaml"
-        )
-        return run_id
+        config = as_dict(spec)
+        self.writer.call("start", handle, self.experiment_id, name, all_tags, params, config)
+        return handle
 
-    def finish(self, run_id: str, result) -> None:
-        """Write the curves in batches, the divergence tags, and mark the run FINISHED."""
-        start_ms = self.start_ms.pop(run_id)
-        metrics = [
-            Metric(name, value, start_ms + int(1000 * result.seconds_at.get(step, 0.0)), step)
-            for name, (steps, values) in result.curves.items()
-            for step, value in zip(steps, values, strict=True)
-        ]
-        last_step = result.plan.total_steps if not result.diverged else result.diverged_step
-        metrics.append(Metric("wall_seconds", result.seconds, start_ms, last_step))
+    def log_curves(self, handle: str, chunk: dict, seconds_at: dict[int, float]) -> None:
+        """Queue a chunk of curves ``{metric: (steps, values)}``."""
+        self.writer.call("curves", handle, chunk, seconds_at)
+
+    def finish(self, handle: str, result) -> str:
+        """Write the end-of-run metrics and tags, mark the run FINISHED once everything queued
+        for it is written, and return its MLflow run id. The curves come by ``log_curves``."""
+        last_step = result.diverged_step if result.diverged else result.plan.total_steps
+        summary = {"wall_seconds": (result.seconds, last_step)}
         if result.diverged:
-            metrics.append(Metric("diverged_step", result.diverged_step, start_ms, last_step))
-        tags = [
-            RunTag("diverged", str(result.diverged).lower()),
-            RunTag("device", result.device),
-            RunTag("device_name", result.device_name),
-        ]
-        self.client.log_batch(run_id, tags=tags)
-        for chunk in _chunks(metrics, BATCH_LIMIT):
-            self.client.log_batch(run_id, metrics=chunk)
-        self.client.set_terminated(run_id, "FINISHED")
+            summary["diverged_step"] = (result.diverged_step, last_step)
+        tags = {
+            "diverged": str(result.diverged).lower(),
+            "device": result.device,
+            "device_name": result.device_name,
+        }
+        return self.writer.call("finish", handle, summary, tags, reply=True)
 
-    def fail(self, run_id: str, error: BaseException) -> None:
+    def fail(self, handle: str, error: BaseException) -> str | None:
         """Record the error and mark the run FAILED, or KILLED when interrupted."""
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        text = "".join(traceback.format_exception(error))
+        text = "".join(traceback.format_exception(error))[-5000:]
         message = f"{type(error).__name__}: {error}"[:5000]
-        self.client.log_batch(
-            run_id, tags=[RunTag("error", message), RunTag("mlflow.note.content", text[-5000:])]
-        )
-        self.client.set_terminated(run_id, status)
+        return self.writer.call("fail", handle, status, message, text, reply=True)
+
+    def close(self) -> None:
+        """Stop the writer process, if any."""
+        self.writer.close()
 
 
 def open_store(cfg: TrackingConfig) -> Store:
@@ -207,7 +331,7 @@ def open_store(cfg: TrackingConfig) -> Store:
     check_uri(uri)
     try:
         return Store(uri, cfg.experiment)
-    except MlflowException as error:
+    except TrackingError as error:
         raise ConfigError(
             "tracking.uri", uri, f"MLflow cannot open it: {str(error).splitlines()[0]}"
         ) from error

@@ -42,25 +42,29 @@ def run_name(spec: RunConfig) -> str:
 
 
 def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
-    """Train one run inside an MLflow run; an exception marks the run FAILED and propagates."""
+    """Train one run inside an MLflow run, handing curves to the store as they come; an
+    exception marks the run FAILED (KILLED on Ctrl-C) and propagates."""
     plan = engine.make_plan(spec, problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
         {"data.steps_per_epoch": plan.steps_per_epoch, "data.total_steps": plan.total_steps}
     )
-    run_id = store.start_run(
+    handle = store.start_run(
         spec,
         run_name(spec),
         tracking.run_params(spec, derived),
         {"split_digest": problem.data.split_digest},
     )
+
+    def sink(chunks, seconds_at):
+        store.log_curves(handle, chunks[0], seconds_at)
+
     try:
-        result = engine.train_cohort([spec], problem)[0]
+        result = engine.train_cohort([spec], problem, sink)[0]
     except BaseException as error:
-        store.fail(run_id, error)
+        store.fail(handle, error)
         raise
-    store.finish(run_id, result)
-    return run_id, result
+    return store.finish(handle, result), result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -70,7 +74,10 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    run_id, result = train_and_record(spec, problem, store)
+    try:
+        run_id, result = train_and_record(spec, problem, store)
+    finally:
+        store.close()
     outcome = f"diverged at step {result.diverged_step}" if result.diverged else "finished"
     summary = [f"train_loss {result.final('train_loss'):.6g}"]
     summary += [

@@ -279,3 +279,45 @@ def test_cuda_runs_equal_cpu_runs():
     gpu = engine.train_cohort([compose_spec(*base, "trainer.device=cuda")])[0]
     assert gpu.device.startswith("cuda")
     np.testing.assert_allclose(curve(gpu), curve(cpu), rtol=1e-6)
+
+
+def test_a_sink_receives_the_curves_in_chunks_while_training_runs():
+    base = [
+        "dataset=linear_toy",
+        "model=linear",
+        "model.init=[1.6,-0.5]",
+        "trainer.steps=300",
+        "tracking.log_every=1",
+    ]
+    specs = [compose_spec(*base, "optimizer.lr=0.01"), compose_spec(*base, "optimizer.lr=0.5")]
+    received = []
+    results = engine.train_cohort(specs, sink=lambda chunks, seconds: received.append(chunks))
+    assert len(received) == 300 // engine.FLUSH_EVERY + 1
+    for index, result in enumerate(results):
+        for metric, (steps, values) in result.curves.items():
+            joined_steps = [s for chunk in received for s in chunk[index].get(metric, ([], []))[0]]
+            joined = [v for chunk in received for v in chunk[index].get(metric, ([], []))[1]]
+            assert joined_steps == steps and joined == values
+    assert results[1].diverged
+    assert all(s <= results[1].diverged_step for s in results[1].curves["train_loss"][0])
+
+
+def test_an_mlp_trains_the_same_alone_and_inside_a_cohort():
+    base = [
+        "dataset=digits",
+        "model=mlp",
+        "loss=cross_entropy",
+        "optimizer=adam",
+        "trainer.batch_size=32",
+        "trainer.steps=40",
+        "tracking.log_every=1",
+    ]
+    specs = [
+        compose_spec(*base, f"optimizer.lr={lr}", f"seed={seed}")
+        for lr, seed in ((1e-3, 0), (1e-2, 1), (3e-2, 2))
+    ]
+    together = engine.train_cohort(specs)
+    for spec, shared in zip(specs, together, strict=True):
+        alone = engine.train_cohort([spec])[0]
+        for metric in ("train_loss", "batch_loss", "val_accuracy"):
+            np.testing.assert_allclose(curve(shared, metric), curve(alone, metric), rtol=1e-6)

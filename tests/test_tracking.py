@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, compose_spec, runs_in
 from mlflow.tracking import MlflowClient
 
-from harness import config, tracking, train
+from harness import config, engine, tracking, train
 from harness import problem as problem_module
 from harness.config import ConfigError
 
@@ -32,11 +32,14 @@ def test_unusable_uris_are_refused(uri):
         tracking.check_uri(tracking.resolve_uri(uri))
 
 
-def record(store_uri, *overrides):
+def record(store_uri, *overrides, background=True):
     spec = compose_spec(f"tracking.uri={store_uri}", *overrides)
     built = problem_module.build(spec)
-    store = tracking.open_store(spec.tracking)
-    run_id, result = train.train_and_record(spec, built, store)
+    store = tracking.Store(store_uri, spec.tracking.experiment, background=background)
+    try:
+        run_id, result = train.train_and_record(spec, built, store)
+    finally:
+        store.close()
     return spec, MlflowClient(tracking_uri=store_uri).get_run(run_id), result
 
 
@@ -99,8 +102,41 @@ def test_curves_are_written_in_batches(store_uri, monkeypatch):
 
     monkeypatch.setattr(MlflowClient, "log_batch", counting)
     monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **k: pytest.fail("per-step call"))
-    record(store_uri, "trainer.steps=1500", "tracking.log_every=1")
-    assert sum(calls) > 1500 * 3 and len(calls) < 15
+    _, run, _ = record(store_uri, "trainer.steps=1500", "tracking.log_every=1", background=False)
+    assert sum(calls) > 1500 * 3  # train_loss, lr, phi0, phi1 at every step
+    assert len(calls) <= 1500 // engine.FLUSH_EVERY + 4  # a batch per hand-over, then the end
+    history = MlflowClient(tracking_uri=store_uri).get_metric_history(run.info.run_id, "phi0")
+    assert [m.step for m in history] == list(range(1501))
+
+
+def test_the_inline_writer_records_the_same_run(store_uri):
+    overrides = ("dataset=wine", "model=softmax", "loss=cross_entropy", "trainer.steps=300")
+    _, forked, _ = record(store_uri, *overrides)
+    _, inline, _ = record(store_uri, *overrides, background=False)
+    assert forked.data.params == inline.data.params
+    assert forked.data.metrics.keys() == inline.data.metrics.keys()
+    client = MlflowClient(tracking_uri=store_uri)
+    for name in ("train_loss", "val_accuracy", "lr"):
+        a = client.get_metric_history(forked.info.run_id, name)
+        b = client.get_metric_history(inline.info.run_id, name)
+        assert [(m.step, m.value) for m in a] == [(m.step, m.value) for m in b]
+
+
+def test_a_dead_writer_is_reported_not_waited_for(store_uri):
+    store = tracking.Store(store_uri, "runs")
+    store.writer.process.kill()
+    store.writer.process.join()
+    with pytest.raises(tracking.TrackingError, match="writer process died"):
+        store.writer.call("finish", "no-such-run", {}, {}, reply=True)
+
+
+def test_an_mlflow_error_in_the_writer_reaches_the_caller(store_uri):
+    store = tracking.Store(store_uri, "runs")
+    try:
+        with pytest.raises(tracking.TrackingError, match="KeyError"):
+            store.writer.call("finish", "never-started", {}, {}, reply=True)
+    finally:
+        store.close()
 
 
 def test_a_diverged_run_is_finished_and_tagged(store_uri):
