@@ -236,7 +236,7 @@ class MomentumConfig(OptimizerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(0.0 <= self.beta < 1.0, "optimizer.beta", self.beta, "expected a value in [0, 1)")
+        _fraction("optimizer.beta", self.beta)
         _one_of("optimizer.m0", self.m0, ("zero", "gradient"))
 
 
@@ -249,7 +249,7 @@ class NesterovConfig(OptimizerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(0.0 <= self.beta < 1.0, "optimizer.beta", self.beta, "expected a value in [0, 1)")
+        _fraction("optimizer.beta", self.beta)
         _one_of("optimizer.lookahead", self.lookahead, ("book", "slide"))
 
 
@@ -275,10 +275,8 @@ class AdamConfig(OptimizerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(0.0 <= self.beta < 1.0, "optimizer.beta", self.beta, "expected a value in [0, 1)")
-        _require(
-            0.0 <= self.gamma < 1.0, "optimizer.gamma", self.gamma, "expected a value in [0, 1)"
-        )
+        _fraction("optimizer.beta", self.beta)
+        _fraction("optimizer.gamma", self.gamma)
         _positive("optimizer.eps", self.eps)
 
 
@@ -522,8 +520,6 @@ def to_spec(cfg: DictConfig) -> RunConfig:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "config")
         raise ConfigError(key, "", str(error).split("\n")[0]) from error
-    except ConfigError:
-        raise
     check_combination(spec)
     return spec
 

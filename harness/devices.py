@@ -9,12 +9,13 @@ import torch
 from harness.config import ConfigError
 
 
-def resolve(name: str) -> torch.device:
-    """``auto`` is the first CUDA device, else MPS, else the CPU; others must exist here."""
+def resolve(name: str, dtype: str = "float32") -> torch.device:
+    """``auto`` is the first CUDA device, else MPS (which computes in float32 only), else the
+    CPU; a device named explicitly must exist here."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", 0)
-        if torch.backends.mps.is_available():
+        if torch.backends.mps.is_available() and dtype == "float32":
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
@@ -24,6 +25,8 @@ def resolve(name: str) -> torch.device:
             raise ConfigError("trainer.device", name, f"this machine has {count} CUDA devices")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device", name, "MPS is not available on this machine")
+    if device.type == "mps" and dtype != "float32":
+        raise ConfigError("trainer.dtype", dtype, "MPS computes in float32 only")
     return device
 
 

@@ -96,9 +96,6 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int(hashlib.sha256(f"{seed}/{purpose}".encode()).hexdigest()[:15], 16)
 
 
-PER_RUN_MODEL_KEYS = ("init",)
-
-
 def cohort_key(spec: RunConfig) -> str:
     """What runs must share to train together: everything but the seed, the model's init,
     the numeric optimizer and schedule values, the run name and tracking."""
@@ -231,10 +228,9 @@ def train_cohort(
     ``FLUSH_EVERY`` log points and at the end (see :class:`Curves`)."""
     check_cohort(specs)
     first = specs[0]
-    device = devices.resolve(first.trainer.device)
+    device = devices.resolve(first.trainer.device, first.trainer.dtype)
     dtype = DTYPES[first.trainer.dtype]
-    if first.trainer.deterministic:
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(first.trainer.deterministic)
     problem = (problem or problem_module.build(first)).on(device, dtype)
     plan = make_plan(first, problem.data.sizes["train"])
     rule = optim.build(first.optimizer)
@@ -261,6 +257,7 @@ def train_cohort(
     diverged_steps = _steps_or_none(diverged_at)
     curves.take(diverged_steps)
     seconds = time.perf_counter() - curves.start
+    device_name = devices.describe(device)
     return [
         RunResult(
             run_curves,
@@ -270,7 +267,7 @@ def train_cohort(
             seconds,
             plan,
             str(device),
-            devices.describe(device),
+            device_name,
         )
         for index, (run_curves, stop) in enumerate(zip(curves.per_run, diverged_steps, strict=True))
     ]

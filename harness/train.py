@@ -27,7 +27,7 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, tracking.Store]:
     spec = config.to_spec(cfg)
     problem = problem_module.build(spec)
     optim.build(spec.optimizer)
-    devices.resolve(spec.trainer.device)
+    devices.resolve(spec.trainer.device, spec.trainer.dtype)
     store = tracking.open_store(spec.tracking)
     return spec, problem, store
 

@@ -52,6 +52,7 @@ BAD_INPUTS = [
     (["trainer.device=tpu"], "trainer.device='tpu'"),
     (["trainer.device=cuda:7"], "CUDA devices"),
     (["trainer.dtype=float16"], "trainer.dtype"),
+    (["trainer.device=mps"], "MPS is not available"),
     (["loss=cross_entropy"], "model gabor takes loss least_squares"),
     (["dataset=diabetes", "model=mlp", "loss=cross_entropy"], "regression task"),
     (["dataset=digits", "model=logistic", "loss=bce"], "binary targets"),
