@@ -230,7 +230,9 @@ def train_cohort(
     first = specs[0]
     device = devices.resolve(first.trainer.device, first.trainer.dtype)
     dtype = DTYPES[first.trainer.dtype]
-    torch.use_deterministic_algorithms(first.trainer.deterministic)
+    if torch.are_deterministic_algorithms_enabled() != first.trainer.deterministic:
+        # only on a change: the call imports torch's compiler configuration (about 1 s)
+        torch.use_deterministic_algorithms(first.trainer.deterministic)
     problem = (problem or problem_module.build(first)).on(device, dtype)
     plan = make_plan(first, problem.data.sizes["train"])
     rule = optim.build(first.optimizer)

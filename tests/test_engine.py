@@ -321,3 +321,11 @@ def test_an_mlp_trains_the_same_alone_and_inside_a_cohort():
         alone = engine.train_cohort([spec])[0]
         for metric in ("train_loss", "batch_loss", "val_accuracy"):
             np.testing.assert_allclose(curve(shared, metric), curve(alone, metric), rtol=1e-6)
+
+
+def test_deterministic_mode_is_set_for_the_run_and_unset_after():
+    deterministic = engine.train_cohort([compose_spec("trainer.deterministic=true")])[0]
+    assert torch.are_deterministic_algorithms_enabled()
+    plain = engine.train_cohort([compose_spec()])[0]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert curve(deterministic).tolist() == curve(plain).tolist()
