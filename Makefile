@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 SWEEP ?= optimizer=gd,gd_linesearch,momentum,nesterov,normalized,adam model.envelope=32 \
-	model.init=[-1.5,8.5] trainer.steps=100 tracking.experiment=gabor_optimizers
+	'model.init=[-1.5,8.5]' trainer.steps=100 tracking.experiment=gabor_optimizers
 
 .DEFAULT_GOAL := help
 .PHONY: help install run sweep ui test test-all bench lint clean
