@@ -201,18 +201,36 @@ class Recorder:
         return run_id
 
 
-def _serve(uri: str, inbox, outbox) -> None:
+def _messages(inbox, parent: int):
+    """The parent's messages until it says stop (None) or dies (the writer is then orphaned)."""
+    while True:
+        try:
+            message = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if message is None:
+            return
+        yield message
+
+
+def _serve(uri: str, inbox, outbox, parent: int) -> None:
     """The writer process: run Recorder calls in order; reply where asked, with the first
-    error met for that handle. Ctrl-C is left to the parent, which records KILLED."""
+    error met for that handle. A run whose writes failed is finished as FAILED. Ctrl-C is left
+    to the parent, which records KILLED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Forget stores inherited from the parent: their sqlite connections must not be shared.
     _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
     recorder, errors = None, {}
-    for method, handle, args, reply in iter(inbox.get, None):
+    for method, handle, args, reply in _messages(inbox, parent):
         result = None
         try:
             recorder = recorder or Recorder(uri)
-            result = getattr(recorder, method)(handle, *args)
+            if method == "finish" and handle in errors:
+                result = recorder.fail(handle, "FAILED", errors[handle], errors[handle])
+            else:
+                result = getattr(recorder, method)(handle, *args)
         except Exception as error:  # reported to the parent at the run's finish or fail
             errors.setdefault(handle, f"{type(error).__name__}: {error}")
         if reply:
@@ -227,7 +245,7 @@ class Writer:
         context = multiprocessing.get_context("fork")
         self.inbox, self.outbox = context.Queue(), context.Queue()
         self.process = context.Process(
-            target=_serve, args=(uri, self.inbox, self.outbox), daemon=True
+            target=_serve, args=(uri, self.inbox, self.outbox, os.getpid()), daemon=True
         )
         self.process.start()
 

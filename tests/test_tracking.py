@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,37 @@ def test_an_interrupted_run_is_recorded_killed(store_uri, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         record(store_uri, "trainer.steps=3")
     assert runs_in(store_uri)[0].info.status == "KILLED"
+
+
+def test_a_failed_curve_write_finishes_the_run_failed(store_uri):
+    store = tracking.Store(store_uri, "runs")
+    try:
+        handle = store.start_run(compose_spec(), "broken", {}, {})
+        store.log_curves(handle, {"train_loss": ([0, 1], [1.0])}, {})  # steps and values differ
+        with pytest.raises(tracking.TrackingError, match="ValueError"):
+            store.writer.call("finish", handle, {}, {}, reply=True)
+    finally:
+        store.close()
+    (run,) = runs_in(store_uri)
+    assert run.info.status == "FAILED" and "ValueError" in run.data.tags["error"]
+
+
+def test_the_writer_exits_when_its_parent_is_killed(tmp_path, store_uri):
+    script = (
+        "import os, sys\n"
+        "from harness import tracking\n"
+        f"store = tracking.Store({store_uri!r}, 'runs')\n"
+        "print(store.writer.process.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    writer = int(done.stdout.split()[0])
+    for _ in range(50):
+        if (
+            not Path(f"/proc/{writer}").exists()
+            or "zombie" in Path(f"/proc/{writer}/status").read_text().lower()
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the orphaned writer process is still running")
