@@ -372,7 +372,8 @@ class TrainerConfig:
 
     ``eval_every`` (updates) sets how often validation and test metrics are computed; null
     means once per epoch, or at every logged step when training by ``steps``. A run diverges
-    when its loss is not finite or exceeds ``divergence_factor`` times its initial loss.
+    when its loss is not finite or exceeds ``divergence_factor`` times its initial loss (times
+    1 when the initial loss is below 1).
     """
 
     steps: int | None = 100

@@ -239,7 +239,8 @@ def load(cfg: DatasetConfig) -> Dataset:
         b"".join(np.ascontiguousarray(i).tobytes() for i in (train, val, test))
     ).hexdigest()[:16]
     y_dtype = torch.float64 if arrays.task == REGRESSION else torch.int64
-    classes = int(arrays.y.max()) + 1 if arrays.task in (BINARY, MULTICLASS) else 0
+    labelled = [y for y in y_parts if len(y)]
+    classes = int(max(y.max() for y in labelled)) + 1 if arrays.task in (BINARY, MULTICLASS) else 0
     features = arrays.x.shape[1] if arrays.x.ndim == 2 else 0
     tensors = {}
     for part, x, y in zip(("train", "val", "test"), x_parts, y_parts, strict=True):

@@ -340,22 +340,29 @@ class _Loop:
         with torch.no_grad():
             initial = problem.evaluate(theta, "train")["loss"]
         factor = self.trainer.divergence_factor
-        limit = initial.abs() * factor if factor is not None else None
-        if limit is not None:
+        limit = None
+        if factor is not None:  # relative to the initial loss, and never below the factor itself
+            limit = initial.abs().clamp(min=1.0) * factor
             limit = torch.where(torch.isfinite(limit), limit, torch.finfo(limit.dtype).max)
+
+        def healthy(loss: torch.Tensor) -> torch.Tensor:
+            return torch.isfinite(loss) if limit is None else loss <= limit  # False for NaN
+
         active = torch.ones_like(initial, dtype=torch.bool)
         healthy_steps = torch.zeros_like(initial, dtype=torch.long)
         batch_losses, batches_since_log = torch.zeros_like(initial), 0
         for step in range(plan.total_steps):
             x, y = self.batch(step)
-            lr = self.learning_rate(step, theta)
-            point = rule.lookahead(theta, state, hp, lr) if rule.lookahead else theta
-            loss, grad = value_and_grad(problem, point, x, y)
-            healthy = torch.isfinite(loss) if limit is None else loss <= limit  # False for NaN
-            active = active & healthy
-            healthy_steps += active
-            if step in plan.eval_steps:
+            if self.reuse_loss:  # full batch at theta: this loss is also the training loss
+                loss, grad = value_and_grad(problem, theta, x, y)
+            if step in plan.eval_steps:  # before the learning rate, which a plateau may cut
                 self.evaluate(curves, step, theta, loss if self.reuse_loss else None)
+            lr = self.learning_rate(step, theta)
+            if not self.reuse_loss:
+                point = rule.lookahead(theta, state, hp, lr) if rule.lookahead else theta
+                loss, grad = value_and_grad(problem, point, x, y)
+            active = active & healthy(loss)
+            healthy_steps += active
             # theta never requires grad, so the update records no graph
             loss_at = functools.partial(problem.loss, x=x, y=y)
             delta, state = rule.update(grad, state, theta, hp, lr, loss_at)
@@ -380,7 +387,12 @@ class _Loop:
             theta = theta_next
         else:
             end = plan.total_steps
-            if self.two_parameters:
-                curves.add(end, {"phi0": theta[:, 0], "phi1": theta[:, 1]})
-            self.evaluate(curves, end, theta)
+            with torch.no_grad():
+                final = problem.evaluate(theta, "train")["loss"]
+            active = active & healthy(final)  # the last update may diverge too
+            metrics = {"phi0": theta[:, 0], "phi1": theta[:, 1]} if self.two_parameters else {}
+            if batches_since_log:
+                metrics["batch_loss"] = batch_losses / batches_since_log
+            curves.add(end, metrics)
+            self.evaluate(curves, end, theta, final)
         return torch.where(active, -1, healthy_steps), theta

@@ -57,6 +57,17 @@ class Problem:
 def build(spec: RunConfig, dataset: Dataset | None = None) -> Problem:
     """Load the data (unless given) and build model and loss; reject pieces that do not fit."""
     dataset = dataset if dataset is not None else data_module.load(spec.dataset)
+    sizes = dataset.sizes
+    if dataset.task != data_module.NO_DATA and sizes["train"] == 0:
+        raise ConfigError(
+            "dataset.val_fraction+test_fraction",
+            spec.dataset.val_fraction + spec.dataset.test_fraction,
+            f"leaves no training point of {dataset.name}'s {sum(sizes.values())}",
+        )
+    if getattr(spec.schedule, "monitor", None) == "val" and sizes["val"] == 0:
+        raise ConfigError(
+            "schedule.monitor", "val", f"the validation split of {dataset.name} is empty"
+        )
     loss_fn = losses.build(spec.loss)
     if dataset.task not in loss_fn.targets:
         raise ConfigError(

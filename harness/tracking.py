@@ -12,6 +12,7 @@ training; ``finish`` and ``fail`` return only once everything queued for the run
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -187,7 +188,10 @@ class Recorder:
     def finish(self, handle, summary: dict[str, tuple[float, int]], tags: dict[str, str]) -> str:
         run_id, start_ms = self.runs.pop(handle)
         metrics = [Metric(k, value, start_ms, step) for k, (value, step) in summary.items()]
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        with self._failed_on_error(run_id):
+            self.client.log_batch(
+                run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+            )
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
@@ -196,9 +200,19 @@ class Recorder:
             return None
         run_id, _ = self.runs.pop(handle)
         tags = [RunTag("error", message), RunTag("mlflow.note.content", text)]
-        self.client.log_batch(run_id, tags=tags)
+        with self._failed_on_error(run_id, status):
+            self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status)
         return run_id
+
+    @contextlib.contextmanager
+    def _failed_on_error(self, run_id: str, status: str = "FAILED"):
+        """If the writes inside raise, still end the run (``status``), then re-raise."""
+        try:
+            yield
+        except Exception:
+            self.client.set_terminated(run_id, status)
+            raise
 
 
 def _messages(inbox, parent: int):

@@ -8,6 +8,7 @@ and exits with status 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -62,13 +63,21 @@ def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
     try:
         result = engine.train_cohort([spec], problem, sink)[0]
     except BaseException as error:
-        store.fail(handle, error)
+        try:
+            store.fail(handle, error)
+        except tracking.TrackingError as tracking_error:
+            error.add_note(f"recording this failure in MLflow failed too: {tracking_error}")
         raise
     return store.finish(handle, result), result
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # a run stopped by TERM is recorded KILLED
     try:
         spec, problem, store = prepare(cfg)
     except ConfigError as error:

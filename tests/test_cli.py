@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, runs_in
@@ -69,6 +70,27 @@ BAD_INPUTS = [
     (["schedule=step", "schedule.factor=2"], "schedule.factor"),
     (["dataset=wine", "dataset.val_fraction=0.6", "dataset.test_fraction=0.5"], "training data"),
     (["tracking.log_every=-5"], "tracking.log_every"),
+    (
+        [
+            "dataset=regression1d",
+            "model=linear",
+            "dataset.size=4",
+            "dataset.val_fraction=0.4",
+            "dataset.test_fraction=0.4",
+        ],
+        "leaves no training point",
+    ),
+    (
+        [
+            "dataset=regression1d",
+            "model=linear",
+            "dataset.size=20",
+            "dataset.val_fraction=0.01",
+            "schedule=plateau",
+            "schedule.monitor=val",
+        ],
+        "validation split of regression1d is empty",
+    ),
 ]
 
 
@@ -88,6 +110,34 @@ def test_bad_input_is_refused_before_any_run(run_cli, store_uri, overrides, mess
 def test_an_unusable_tracking_uri_is_refused(run_cli, uri):
     code, _, err = run_cli(uri=uri)
     assert code == 2 and err.startswith("error: tracking.uri=")
+
+
+def test_a_terminated_run_is_recorded_killed(tmp_path, store_uri):
+    command = [
+        sys.executable,
+        "-m",
+        "harness.train",
+        "trainer.steps=10000000",
+        "tracking.log_every=1000",
+        f"tracking.uri={store_uri}",
+        f"hydra.run.dir={tmp_path}/h",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    for _ in range(300):
+        if runs_in(store_uri):
+            break
+        time.sleep(0.1)
+    process.terminate()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and "KeyboardInterrupt" in err
+    (run,) = runs_in(store_uri)
+    assert run.info.status == "KILLED" and "signal 15" in run.data.tags["error"]
 
 
 def test_the_module_runs_as_a_program(tmp_path, store_uri):

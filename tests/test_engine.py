@@ -329,3 +329,31 @@ def test_deterministic_mode_is_set_for_the_run_and_unset_after():
     plain = engine.train_cohort([compose_spec()])[0]
     assert not torch.are_deterministic_algorithms_enabled()
     assert curve(deterministic).tolist() == curve(plain).tolist()
+
+
+def test_the_last_update_is_checked_for_divergence_too():
+    spec = compose_spec("dataset=regression1d", "model=mlp", "optimizer.lr=50", "trainer.steps=1")
+    (result,) = engine.train_cohort([spec])
+    assert result.diverged and result.diverged_step == 1
+
+
+def test_a_plateau_cut_applies_to_the_very_next_update():
+    spec = compose_spec(
+        "optimizer.lr=0.01",
+        "schedule=plateau",
+        "schedule.patience=0",
+        "schedule.threshold=0.99",
+        "schedule.factor=0.5",
+        "trainer.steps=4",
+        "tracking.log_every=1",
+    )
+    (result,) = engine.train_cohort([spec])
+    assert result.curves["lr"][1] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+
+
+def test_the_updates_after_the_last_log_point_are_in_the_batch_loss():
+    spec = compose_spec(
+        "optimizer=sgd", "trainer.batch_size=5", "trainer.steps=100", "tracking.log_every=30"
+    )
+    (result,) = engine.train_cohort([spec])
+    assert result.curves["batch_loss"][0] == [0, 30, 60, 90, 100]

@@ -132,6 +132,18 @@ def test_idx_files_are_read(tmp_path, gz):
     assert loaded.sizes == {"train": 36, "val": 4, "test": 10}
 
 
+def test_idx_classes_count_the_test_labels_too(tmp_path):
+    root = tmp_path / "few"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
+    write_idx(root / "train-labels-idx1-ubyte", np.arange(12) % 6)
+    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 28, 28)))
+    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(10))
+    loaded = data.load(compose_spec("dataset=mnist", f"dataset.root={root}").dataset)
+    assert loaded.classes == 10
+
+
 def test_missing_idx_files_say_how_to_get_them(tmp_path):
     with pytest.raises(ConfigError, match="download them from github.com/zalandoresearch"):
         data.load(compose_spec("dataset=fashion_mnist", f"dataset.root={tmp_path}").dataset)

@@ -209,3 +209,20 @@ def test_the_writer_exits_when_its_parent_is_killed(tmp_path, store_uri):
         time.sleep(0.1)
     else:
         pytest.fail("the orphaned writer process is still running")
+
+
+def test_a_run_whose_final_write_fails_is_not_left_running(store_uri, monkeypatch):
+    store = tracking.Store(store_uri, "runs", background=False)
+    handle = store.start_run(compose_spec(), "doomed", {}, {})
+    original = MlflowClient.log_batch
+
+    def locked(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        if any(tag.key == "diverged" for tag in tags):
+            raise RuntimeError("database is locked")
+        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", locked)
+    result = train.engine.train_cohort([compose_spec("trainer.steps=3")])[0]
+    with pytest.raises(tracking.TrackingError, match="database is locked"):
+        store.finish(handle, result)
+    assert runs_in(store_uri)[0].info.status == "FAILED"
