@@ -5,11 +5,13 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 has a CPU wheel cached on the lab machines; override for a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
-SWEEP ?= optimizer=gd,gd_linesearch,momentum,nesterov,normalized,adam model.envelope=32 \
-	'model.init=[-1.5,8.5]' trainer.steps=100 tracking.experiment=gabor_optimizers
+EXP  ?= lecture
+JOBS ?= 1
+PORT ?= 5000
+STORE ?= sqlite:///$(CURDIR)/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep ui test test-all bench lint clean
+.PHONY: help install run sweep studies ui test test-all bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -17,7 +19,7 @@ help: ## list the targets
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed ## create .venv and install the project with its dev tools
@@ -25,11 +27,14 @@ install: $(BIN)/.installed ## create .venv and install the project with its dev 
 run: install ## train one configuration: make run ARGS="optimizer=adam optimizer.lr=0.05"
 	$(BIN)/python -m harness.train $(ARGS)
 
-sweep: install ## a multirun grid into mlflow.db (override the grid with SWEEP="...")
-	$(BIN)/python -m harness.train --multirun $(SWEEP) $(ARGS)
+sweep: install ## run a study into mlflow.db: make sweep EXP=lr_sensitivity JOBS=2 ARGS="seed=0,1"
+	$(BIN)/python -m harness.sweep $(EXP) hydra.launcher.n_jobs=$(JOBS) $(ARGS)
 
-ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+studies: install ## list the studies and the question each answers
+	$(BIN)/python -m harness.sweep --list
+
+ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000 (PORT=..., STORE=...)
+	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
 
 test: install ## the default test suite (not the slow tests)
 	$(BIN)/pytest

@@ -22,9 +22,11 @@ import queue
 import re
 import signal
 import subprocess
+import time
 import traceback
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 BATCH_LIMIT = 1000  # MLflow's cap on metrics in one log_batch call
 PARAM_TAG_LIMIT = 100  # and on params plus tags
+PARENT_TAG = "mlflow.parentRunId"  # how the MLflow UI nests a sweep's runs under its parent
+SWEEP_TAG = "sweep_id"
+ROLE_TAG = "role"  # "sweep" on a sweep's parent run; grid points carry no role
+OWNER_TAG = "owner"  # the process that writes the run: host:pid:start time
 
 
 def project_root() -> Path:
@@ -147,6 +153,17 @@ class TrackingError(RuntimeError):
     """MLflow refused a write, or the writer process died."""
 
 
+def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing (opening the store on first use)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, _artifact_location(uri, name))
+    except MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class Recorder:
     """Performs the MLflow writes of runs named by handles the caller chooses."""
 
@@ -156,14 +173,7 @@ class Recorder:
         self.runs: dict[str, tuple[str, int]] = {}  # handle -> (run id, start in ms)
 
     def experiment(self, name: str) -> str:
-        """The id of experiment ``name``, created if missing (opening the store on first use)."""
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(name, _artifact_location(self.uri, name))
-        except MlflowException:  # another process created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+        return _experiment_id(self.client, self.uri, name)
 
     def start(self, handle, experiment_id, name, tags, params, config: dict) -> None:
         run = self.client.create_run(experiment_id, run_name=name, tags=tags)
@@ -355,6 +365,90 @@ class Store:
     def close(self) -> None:
         """Stop the writer process, if any."""
         self.writer.close()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a sweep needs to know of a grid point's run already in the store."""
+
+    run_id: str
+    fingerprint: str
+    status: str  # RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
+    owner: str  # the OWNER_TAG of the process that wrote it, "" if unknown
+    diverged: bool = False
+
+
+class Ledger:
+    """A sweep's view of its study's experiment, from the sweep's own process: the grid points
+    already recorded, the sweep's parent run, and repairs of runs a dead process left RUNNING.
+    Opening it creates the database schema and the experiment, once, before any worker runs."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            self.experiment_id = _experiment_id(self.client, uri, experiment)
+        except Exception as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            allowed = f"MLflow cannot open it: {first_line}"
+            raise ConfigError("tracking.uri", uri, allowed) from error
+
+    def _runs(self):
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], max_results=5000, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def grid_runs(self) -> list[RunRecord]:
+        """Every run of the experiment that records a grid point (parent runs left out)."""
+        return [
+            RunRecord(
+                run.info.run_id,
+                run.data.tags.get("fingerprint", ""),
+                run.info.status,
+                run.data.tags.get(OWNER_TAG, ""),
+                run.data.tags.get("diverged") == "true",
+            )
+            for run in self._runs()
+            if run.data.tags.get(ROLE_TAG) != "sweep" and "fingerprint" in run.data.tags
+        ]
+
+    def open_sweep(self, sweep_id: str, name: str, params: dict[str, str], tags: dict) -> str:
+        """The parent run of sweep ``sweep_id``: the one an earlier attempt left, set RUNNING
+        again, or a new one."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{ROLE_TAG} = 'sweep' and tags.{SWEEP_TAG} = '{sweep_id}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, **environment_tags(), **tags},
+        )
+        entries = [Param(k, v) for k, v in params.items()]
+        for chunk in _chunks(entries, PARAM_TAG_LIMIT):
+            self.client.log_batch(run.info.run_id, params=chunk)
+        return run.info.run_id
+
+    def close_sweep(self, run_id: str, status: str, counts: dict[str, int], note: str) -> None:
+        """Record the sweep's outcome counts and its summary (as the run's description)."""
+        now = int(1000 * time.time())
+        metrics = [Metric(f"runs_{key}", value, now, 0) for key, value in counts.items()]
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag("mlflow.note.content", note)])
+        self.client.set_terminated(run_id, status)
+
+    def mark(self, run_id: str, status: str, message: str) -> None:
+        """End a run someone else left RUNNING, saying why."""
+        self.client.set_tag(run_id, "error", message)
+        self.client.set_terminated(run_id, status)
 
 
 def open_store(cfg: TrackingConfig) -> Store:

@@ -42,9 +42,16 @@ def run_name(spec: RunConfig) -> str:
     return f"{spec.optimizer.name}-{spec.model.name}-{spec.dataset.name}{rate}-seed{spec.seed}"
 
 
-def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
-    """Train one run inside an MLflow run, handing curves to the store as they come; an
-    exception marks the run FAILED (KILLED on Ctrl-C) and propagates."""
+def train_and_record(
+    spec: RunConfig,
+    problem: Problem,
+    store: tracking.Store,
+    tags: dict[str, str] | None = None,
+    name: str | None = None,
+):
+    """Train one run inside an MLflow run (named ``name``, default ``run_name(spec)``, with
+    ``tags`` besides the usual ones), handing curves to the store as they come; an exception
+    marks the run FAILED (KILLED on Ctrl-C) and propagates."""
     plan = engine.make_plan(spec, problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
@@ -52,9 +59,9 @@ def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
     )
     handle = store.start_run(
         spec,
-        run_name(spec),
+        name or run_name(spec),
         tracking.run_params(spec, derived),
-        {"split_digest": problem.data.split_digest},
+        {"split_digest": problem.data.split_digest, **(tags or {})},
     )
 
     def sink(chunks, seconds_at):

@@ -1,0 +1,212 @@
+"""Worker processes for a sweep: the sweep process hands each worker one grid-point index at a
+time over its own pipe, and the worker answers with the point's outcome; a worker that dies is
+replaced and its point reported lost.
+
+Workers are forked from the sweep's process after the grid is composed and validated, so they
+start in milliseconds and share the composed configs and loaded data without pickling them.
+Each worker has a pipe of its own and sends synchronously, so a worker that dies abruptly
+loses nothing it reported and can block nobody else. Ctrl-C (SIGINT to the process group, or
+SIGINT/SIGTERM to the sweep process, which passes it on) makes each worker record its current
+run as KILLED and stop; a second signal is ignored, so that recording is never cut short.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+STOP_GRACE_SECONDS = 60.0  # how long stopping workers may take to record their runs KILLED
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), to tell a pid reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_token(pid: int | None = None) -> str:
+    """``host:pid:start`` naming a live process (this one by default) on this host."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def is_alive(token: str) -> bool:
+    """Whether the process named by ``owner_token`` still runs. A process on another host, or
+    an unreadable token, counts as alive: nothing here can prove it dead."""
+    host, _, rest = token.partition(":")
+    pid_text, _, ticks = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not ticks or _start_ticks(pid) == ticks
+
+
+class Work:
+    """What a worker does: ``run(index)`` returns the point's outcome; ``close()`` at exit."""
+
+    def run(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``run`` opened."""
+
+
+def _interrupt_once(signum: int, frame) -> None:
+    """Raise KeyboardInterrupt for the first SIGINT/SIGTERM and ignore the ones after it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def _orders(pipe: Connection, parent: int):
+    """Indexes from the sweep process until it says stop (None) or is gone."""
+    while True:
+        if not pipe.poll(1.0):
+            if os.getppid() != parent:
+                return
+            continue
+        index = pipe.recv()
+        if index is None:
+            return
+        yield index
+
+
+def _worker(work: Work, pipe: Connection, parent: int) -> None:
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    try:
+        for index in _orders(pipe, parent):
+            pipe.send(("started", index, os.getpid()))
+            try:
+                outcome = work.run(index)
+            except KeyboardInterrupt:
+                pipe.send(("interrupted", index, None))
+                return
+            pipe.send(("done", index, outcome))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return
+    finally:
+        work.close()
+
+
+@dataclass
+class _Worker:
+    process: Any
+    pipe: Connection
+    index: int | None = None  # the point it runs
+
+
+class Pool:
+    """``n_workers`` forked processes running ``work`` over indexes.
+
+    ``run`` calls ``on_event(kind, index, payload)`` in this process for each event:
+    ``started`` (payload: the worker's pid), ``done`` (the outcome), ``interrupted`` (None),
+    ``lost`` (the worker's exit code, when it died running the point). It returns when every
+    index is done, and raises KeyboardInterrupt, after the workers have stopped, when the sweep
+    was interrupted.
+    """
+
+    def __init__(self, n_workers: int, work: Work):
+        self.n_workers = n_workers
+        self.work = work
+        self.context = multiprocessing.get_context("fork")
+        self.pending: deque[int] = deque()
+        self.workers: list[_Worker] = []
+
+    def run(self, indexes: Iterable[int], on_event: Callable[[str, int, Any], None]) -> None:
+        self.pending = deque(indexes)
+        for _ in range(min(self.n_workers, len(self.pending))):
+            self._spawn()
+        try:
+            self._collect(on_event, replace=True)
+        except KeyboardInterrupt:
+            self._stop(on_event)
+            raise
+
+    def _spawn(self) -> None:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(  # not a daemon: it forks a tracking writer of its own
+            target=_worker, args=(self.work, theirs, os.getpid())
+        )
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours)
+        self.workers.append(worker)
+        self._feed(worker)
+
+    def _feed(self, worker: _Worker) -> None:
+        """Give the worker its next point, or tell it to stop. A point sent to a worker that
+        has died goes back to the queue (``_collect`` reaps the worker)."""
+        index = self.pending.popleft() if self.pending else None
+        try:
+            worker.pipe.send(index)
+        except (BrokenPipeError, EOFError):
+            if index is not None:
+                self.pending.appendleft(index)
+
+    def _collect(self, on_event, replace: bool, deadline: float | None = None) -> None:
+        """Handle events until every worker has exited (replacing dead ones if ``replace``)."""
+        while self.workers:
+            if deadline is not None and time.monotonic() > deadline:
+                for worker in self.workers:
+                    worker.process.kill()
+                deadline = None
+            handles = [w.pipe for w in self.workers] + [w.process.sentinel for w in self.workers]
+            ready = wait(handles, timeout=0.5)
+            for worker in list(self.workers):
+                if worker.pipe in ready:
+                    self._read(worker, on_event)
+                if worker.process.sentinel in ready:
+                    self._reap(worker, on_event, replace)
+
+    def _read(self, worker: _Worker, on_event) -> None:
+        while worker.pipe.poll():
+            try:
+                kind, index, payload = worker.pipe.recv()
+            except (EOFError, OSError):  # it died; its sentinel says so
+                return
+            worker.index = index if kind == "started" else None
+            on_event(kind, index, payload)
+            if kind == "done":
+                self._feed(worker)
+
+    def _reap(self, worker: _Worker, on_event, replace: bool) -> None:
+        """Forget an exited worker; a point it died running is reported ``lost``."""
+        self._read(worker, on_event)
+        worker.process.join()
+        worker.pipe.close()
+        self.workers.remove(worker)
+        if worker.index is not None:
+            on_event("lost", worker.index, worker.process.exitcode)
+        if replace and self.pending:
+            self._spawn()
+
+    def _stop(self, on_event) -> None:
+        """Stop handing out points, pass the interrupt on, and wait for the workers to record
+        theirs."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.pending.clear()
+            for worker in self.workers:
+                if worker.process.is_alive():
+                    os.kill(worker.process.pid, signal.SIGINT)
+            self._collect(on_event, replace=False, deadline=time.monotonic() + STOP_GRACE_SECONDS)
+        finally:
+            signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,1 @@
+"""The harness's Hydra launcher (``hydra/launcher=harness``), found by Hydra's plugin scan."""

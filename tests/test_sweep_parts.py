@@ -1,0 +1,262 @@
+"""The sweep's parts: the studies' grids (real Hydra composition), planning against recorded
+runs, process ownership, the worker pool with real processes, and the progress line."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pty
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import CONF, ROOT
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from harness import config, pool, studies, sweep
+from harness.progress import Progress
+from harness.tracking import RunRecord
+
+# ----------------------------------------------------------------------------- studies
+
+
+def study_jobs(study: str) -> list[list[str]]:
+    """Every job's overrides of a study, expanded as Hydra's basic sweeper expands them."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", [f"+experiment={study}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    arguments = [f"+experiment={study}"] + [f"{key}={value}" for key, value in params.items()]
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def study_specs(study: str, every: int = 1) -> list[config.RunConfig]:
+    """The validated specs of every ``every``-th job (and the last)."""
+    jobs = study_jobs(study)
+    chosen = jobs[::every] + ([jobs[-1]] if (len(jobs) - 1) % every else [])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return [config.to_spec(compose("config", job)) for job in chosen]
+
+
+def test_the_lecture_study_runs_every_optimizer_with_the_book_settings():
+    specs = study_specs("lecture")
+    assert len(specs) == 50
+    kinds = {
+        (s.dataset.name, s.optimizer.name, getattr(s.optimizer, "lookahead", None)) for s in specs
+    }
+    for optimizer in ("gd", "gd_linesearch"):
+        assert ("linear_toy", optimizer, None) in kinds and ("gabor_toy", optimizer, None) in kinds
+    for optimizer in ("sgd", "momentum", "normalized", "adam"):
+        assert ("gabor_toy", optimizer, None) in kinds
+    assert {("gabor_toy", "nesterov", "book"), ("gabor_toy", "nesterov", "slide")} <= kinds
+    assert {s.model.envelope for s in specs if s.model.name == "gabor"} == {32.0}
+    stochastic = [s for s in specs if s.trainer.batch_size is not None]
+    assert {s.seed for s in stochastic} == set(range(5))
+    sgd = next(s for s in specs if s.optimizer.name == "sgd")
+    assert (sgd.optimizer.lr, sgd.trainer.batch_size, sgd.model.init) == (0.8, 5, [3.5, 6.5])
+    search = next(s for s in specs if s.optimizer.name == "gd_linesearch" and s.model.init[0] > 0)
+    assert (search.optimizer.max_dist, search.trainer.steps) == (0.1, 10)
+
+
+def test_the_lr_sensitivity_grid_is_log_spaced_over_real_problems():
+    jobs = study_jobs("lr_sensitivity")
+    assert len(jobs) == 780
+    rates = sorted(
+        {
+            float(o.split("=")[1])
+            for job in jobs
+            for o in job
+            if o.startswith("optim") and "lr=" in o
+        }
+    )
+    assert len(rates) >= 13 and rates[0] == pytest.approx(1e-4) and rates[-1] == 1.0
+    steps = [math.log10(b / a) for a, b in zip(rates, rates[1:], strict=False)]
+    assert max(steps) - min(steps) < 0.01  # evenly spaced in log
+    specs = study_specs("lr_sensitivity", every=37)
+    problems = {(s.dataset.name, s.model.name, s.loss.name) for s in specs}
+    assert problems == {
+        ("digits", "mlp", "cross_entropy"),
+        ("breast_cancer", "logistic", "bce"),
+        ("diabetes", "linear", "least_squares"),
+    }
+    assert {s.optimizer.name for s in specs} == {"sgd", "momentum", "nesterov", "adam"}
+    assert {s.seed for s in specs} == set(range(5))
+
+
+def test_the_valleys_grid_covers_the_book_range():
+    jobs = study_jobs("gabor_valleys")
+    starts = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("model.init=")}
+    starts = {tuple(json.loads(start)) for start in starts}
+    assert len(jobs) == 196 and len(starts) == 49
+    assert {p0 for p0, _ in starts} == {-9, -6, -3, 0, 3, 6, 9}
+    assert {p1 for _, p1 in starts} == {3, 6, 9, 12, 15, 18, 21}
+    specs = study_specs("gabor_valleys", every=13)
+    assert {s.optimizer.name for s in specs} == {"gd", "sgd", "momentum", "adam"}
+    assert all(list(s.model.init) != [-1.5, 6.5] for s in specs)  # the grid's start wins
+
+
+@pytest.mark.parametrize("study", ["smoke", "schedules"])
+def test_each_point_of_a_study_composes_and_validates(study):
+    specs = study_specs(study)
+    assert len({config.fingerprint(s) for s in specs}) == len(specs)
+    assert {s.tracking.experiment for s in specs} == {study}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["gabor_valleys", "lr_sensitivity"])
+def test_every_point_of_the_large_studies_composes_and_validates(study):
+    specs = study_specs(study)
+    assert len({config.fingerprint(s) for s in specs}) == len(specs)
+
+
+def test_every_study_states_its_question():
+    found = studies.available()
+    assert set(found) == {"lecture", "gabor_valleys", "lr_sensitivity", "schedules", "smoke"}
+    assert all(len(question) > 40 for question in found.values())
+    with pytest.raises(config.ConfigError, match="study='nope'"):
+        studies.check("nope")
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def point(index: int, fingerprint: str) -> sweep.Point:
+    return sweep.Point(index, (), None, None, fingerprint, f"point {index}")
+
+
+def record(run_id: str, fingerprint: str, status: str, owner: str = "") -> RunRecord:
+    return RunRecord(run_id, fingerprint, status, owner)
+
+
+def test_plan_skips_what_is_done_and_redoes_what_a_dead_process_left():
+    points = [point(0, "a"), point(1, "b"), point(2, "c"), point(3, "d"), point(4, "a")]
+    records = [
+        record("r1", "a", "FINISHED"),
+        record("r2", "b", "RUNNING", owner="dead"),
+        record("r3", "c", "RUNNING", owner="live"),
+        record("r4", "d", "FAILED"),
+        record("r5", "d", "KILLED"),
+    ]
+    plan = sweep.plan(points, records, force=False, alive=lambda owner: owner == "live")
+    assert plan.todo == [1, 3]
+    assert plan.skipped[0].run_id == "r1" and plan.skipped[0].error == "already recorded"
+    assert "running in another process" in plan.skipped[2].error
+    assert plan.skipped[4].error == "the same run as grid point #0"
+    assert [r.run_id for r in plan.stale] == ["r2"]
+
+    forced = sweep.plan(points, records, force=True, alive=lambda owner: owner == "live")
+    assert forced.todo == [0, 1, 3] and set(forced.skipped) == {2, 4}
+
+
+def test_a_sweep_is_the_same_sweep_when_run_again_unless_forced():
+    spec = type("Spec", (), {"tracking": config.TrackingConfig(experiment="x")})()
+    points = [sweep.Point(i, (), None, spec, f, "") for i, f in enumerate("abc")]
+    shuffled = [points[2], points[0], points[1]]
+    assert sweep.sweep_id(points, False) == sweep.sweep_id(shuffled, False)
+    assert sweep.sweep_id(points, False) != sweep.sweep_id(points[:2], False)
+    assert sweep.sweep_id(points, True) != sweep.sweep_id(points, False)
+
+
+def test_the_grid_axes_name_the_points():
+    jobs = [
+        ["+experiment=s", "optimizer=sgd", "seed=0"],
+        ["+experiment=s", "optimizer=adam", "seed=0"],
+    ]
+    assert sweep.varying_keys(jobs) == {"optimizer"}
+
+
+def test_owner_tokens_tell_live_processes_from_dead_ones():
+    assert pool.is_alive(pool.owner_token())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = pool.owner_token(child.pid)
+    assert pool.is_alive(token)
+    child.wait()
+    assert not pool.is_alive(token)
+    assert pool.is_alive("another-host:1:1")  # nothing here can prove it dead
+    host, pid, ticks = pool.owner_token().split(":")
+    assert not pool.is_alive(f"{host}:{pid}:{int(ticks) + 1}")  # the pid, reused by another
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+class Doubler(pool.Work):
+    """Returns twice the index; dies hard on index 3, once (a marker file tells)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def run(self, index: int) -> int:
+        if index == 3 and not self.marker.exists():
+            self.marker.touch()
+            os._exit(7)
+        return 2 * index
+
+
+def test_the_pool_runs_every_index_and_reports_a_worker_that_died(tmp_path):
+    events = []
+    pool.Pool(3, Doubler(tmp_path / "died")).run(range(10), lambda *e: events.append(e))
+    done = {index: value for kind, index, value in events if kind == "done"}
+    assert done == {i: 2 * i for i in range(10) if i != 3}
+    assert [(k, i, v) for k, i, v in events if k == "lost"] == [("lost", 3, 7)]
+    started = [i for kind, i, _ in events if kind == "started"]
+    assert sorted(started) == list(range(10))
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_counts_and_estimates_on_a_terminal_only():
+    quiet = io.StringIO()
+    progress = Progress(4, quiet)
+    progress.update("finished", "a")
+    progress.close()
+    assert quiet.getvalue() == ""
+
+    screen = Terminal()
+    progress = Progress(4, screen)
+    for status in ("finished", "diverged", "failed"):
+        progress.update(status, f"run-{status}")
+    line = progress.line()
+    assert line.startswith("[3/4]  75%  ETA 0:00:0")
+    assert "diverged 1  failed 1  (last: run-failed)" in line
+    progress.close()
+    assert screen.getvalue().count("\r") == 3 and screen.getvalue().endswith("\n")
+
+
+def test_a_sweep_on_a_terminal_draws_its_progress(tmp_path, store_uri):
+    """The real program on a pseudo-terminal redraws one status line per finished point."""
+    leader, follower = pty.openpty()
+    command = [
+        sys.executable,
+        "-m",
+        "harness.sweep",
+        "smoke",
+        f"tracking.uri={store_uri}",
+        f"hydra.sweep.dir={tmp_path}/m",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=follower, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the program is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    text = output.decode()
+    assert re.search(r"\r\[8/8\] 100%  ETA 0:00:00  diverged 0  failed 0", text)
+    assert text.count("\r[") == 8
