@@ -1,11 +1,13 @@
-"""Worker processes for a sweep: the sweep process hands each worker one grid-point index at a
-time over its own pipe, and the worker answers with the point's outcome; a worker that dies is
-replaced and its point reported lost.
+"""Worker processes for a sweep: the sweep process hands each worker one item (a grid point) at
+a time over its own pipe, and the worker answers with the item's outcome; a worker that dies is
+replaced and its item reported lost.
 
-Workers are forked from the sweep's process after the grid is composed and validated, so they
-start in milliseconds and share the composed configs and loaded data without pickling them.
-Each worker has a pipe of its own and sends synchronously, so a worker that dies abruptly
-loses nothing it reported and can block nobody else. Ctrl-C (SIGINT to the process group, or
+Workers are forked from a fork server (multiprocessing's ``forkserver``) that has imported the
+modules they need but never trained anything: a process forked after torch has run parallel
+CPU kernels can hang or crawl in its OpenMP runtime, and the sweep's own process has (it loads
+and checks every problem). So workers start in milliseconds, with clean thread pools. Each
+worker has a pipe of its own and sends synchronously, so a worker that dies abruptly loses
+nothing it reported and can block nobody else. Ctrl-C (SIGINT to the process group, or
 SIGINT/SIGTERM to the sweep process, which passes it on) makes each worker record its current
 run as KILLED and stop; a second signal is ignored, so that recording is never cut short.
 """
@@ -13,12 +15,13 @@ run as KILLED and stop; a second signal is ignored, so that recording is never c
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -59,9 +62,10 @@ def is_alive(token: str) -> bool:
 
 
 class Work:
-    """What a worker does: ``run(index)`` returns the point's outcome; ``close()`` at exit."""
+    """What a worker does (pickled into each worker): ``run(item)`` returns the item's outcome;
+    ``close()`` at exit."""
 
-    def run(self, index: int) -> Any:
+    def run(self, item: Any) -> Any:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -75,27 +79,29 @@ def _interrupt_once(signum: int, frame) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
-def _orders(pipe: Connection, parent: int):
-    """Indexes from the sweep process until it says stop (None) or is gone."""
+def _orders(pipe: Connection, sweep_pid: int):
+    """(index, item) pairs from the sweep process until it says stop (None) or is gone."""
     while True:
         if not pipe.poll(1.0):
-            if os.getppid() != parent:
+            try:
+                os.kill(sweep_pid, 0)
+            except ProcessLookupError:
                 return
             continue
-        index = pipe.recv()
-        if index is None:
+        order = pipe.recv()
+        if order is None:
             return
-        yield index
+        yield order
 
 
-def _worker(work: Work, pipe: Connection, parent: int) -> None:
+def _worker(work: Work, pipe: Connection, sweep_pid: int) -> None:
     signal.signal(signal.SIGINT, _interrupt_once)
     signal.signal(signal.SIGTERM, _interrupt_once)
     try:
-        for index in _orders(pipe, parent):
+        for index, item in _orders(pipe, sweep_pid):
             pipe.send(("started", index, os.getpid()))
             try:
-                outcome = work.run(index)
+                outcome = work.run(item)
             except KeyboardInterrupt:
                 pipe.send(("interrupted", index, None))
                 return
@@ -113,8 +119,16 @@ class _Worker:
     index: int | None = None  # the point it runs
 
 
+def start_server(preload: list[str]) -> None:
+    """Start the fork server now, importing ``preload`` (module names), so that it gets ready
+    while this process does other work."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload)
+    multiprocessing.forkserver.ensure_running()
+
+
 class Pool:
-    """``n_workers`` forked processes running ``work`` over indexes.
+    """``n_workers`` processes running ``work`` over ``{index: item}``.
 
     ``run`` calls ``on_event(kind, index, payload)`` in this process for each event:
     ``started`` (payload: the worker's pid), ``done`` (the outcome), ``interrupted`` (None),
@@ -126,12 +140,12 @@ class Pool:
     def __init__(self, n_workers: int, work: Work):
         self.n_workers = n_workers
         self.work = work
-        self.context = multiprocessing.get_context("fork")
-        self.pending: deque[int] = deque()
+        self.context = multiprocessing.get_context("forkserver")
+        self.pending: deque[tuple[int, Any]] = deque()
         self.workers: list[_Worker] = []
 
-    def run(self, indexes: Iterable[int], on_event: Callable[[str, int, Any], None]) -> None:
-        self.pending = deque(indexes)
+    def run(self, items: dict[int, Any], on_event: Callable[[str, int, Any], None]) -> None:
+        self.pending = deque(items.items())
         for _ in range(min(self.n_workers, len(self.pending))):
             self._spawn()
         try:
@@ -152,14 +166,14 @@ class Pool:
         self._feed(worker)
 
     def _feed(self, worker: _Worker) -> None:
-        """Give the worker its next point, or tell it to stop. A point sent to a worker that
+        """Give the worker its next item, or tell it to stop. An item sent to a worker that
         has died goes back to the queue (``_collect`` reaps the worker)."""
-        index = self.pending.popleft() if self.pending else None
+        order = self.pending.popleft() if self.pending else None
         try:
-            worker.pipe.send(index)
+            worker.pipe.send(order)
         except (BrokenPipeError, EOFError):
-            if index is not None:
-                self.pending.appendleft(index)
+            if order is not None:
+                self.pending.appendleft(order)
 
     def _collect(self, on_event, replace: bool, deadline: float | None = None) -> None:
         """Handle events until every worker has exited (replacing dead ones if ``replace``)."""

@@ -24,13 +24,15 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hydra.core.utils import JobReturn, JobStatus, run_job
+import torch
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import config, devices, optim, pool, studies, tracking, train
@@ -104,7 +106,7 @@ def task_config(sweep_config: DictConfig) -> DictConfig:
 
 
 class Checker:
-    """Validates points, building each distinct problem once (kept for the workers)."""
+    """Validates points, loading each distinct problem's data once."""
 
     def __init__(self):
         self.problems: dict[str, Problem] = {}
@@ -132,9 +134,8 @@ def compose_points(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
     compose: Callable[[list[str]], DictConfig],
-) -> tuple[list[Point], dict[str, Problem]]:
-    """Compose and validate every job; returns the points and the problems they need. Raises
-    ConfigError naming the first bad point."""
+) -> list[Point]:
+    """Compose and validate every job; raises ConfigError naming the first bad point."""
     checker, points, axes = Checker(), [], varying_keys(job_overrides)
     for offset, overrides in enumerate(job_overrides):
         index = initial_job_idx + offset
@@ -157,7 +158,7 @@ def compose_points(
         raise ConfigError(
             "tracking.experiment", sorted(map(str, targets)), "a sweep writes to one experiment"
         )
-    return points, checker.problems
+    return points
 
 
 # ----------------------------------------------------------------------------- planning
@@ -208,15 +209,18 @@ def sweep_id(points: Sequence[Point], force: bool) -> str:
 
 class PointWork(pool.Work):
     """A worker's job: train and record points, each inside Hydra's ``run_job`` (its output
-    folder, logging and saved config), all through one store opened on first use."""
+    folder, logging and saved config), all through one store opened on first use. Pickled
+    into each worker; problems are built there, once each. Each worker uses ``threads``
+    CPU threads, so that the workers together do not oversubscribe the cores."""
 
-    def __init__(self, points, problems, hydra_context, tags: dict[str, str]):
-        self.points, self.problems = points, problems
-        self.hydra_context, self.tags = hydra_context, tags
+    def __init__(self, hydra_context, tags: dict[str, str], threads: int):
+        self.hydra_context, self.tags, self.threads = hydra_context, tags, threads
+        self.problems: dict[str, Problem] = {}
         self.store: tracking.Store | None = None
 
-    def run(self, index: int) -> Outcome:
-        point = self.points[index]
+    def run(self, point: Point) -> Outcome:
+        setup_globals()  # Hydra's resolvers (${now:...}, ${hydra:...}) in this process
+        torch.set_num_threads(self.threads)
         returned = run_job(
             hydra_context=self.hydra_context,
             task_function=lambda cfg: self.train(point),
@@ -231,13 +235,17 @@ class PointWork(pool.Work):
 
     def train(self, point: Point) -> Outcome:
         spec = point.spec
-        problem = self.problems[Checker.problem_key(spec)]
+        key = Checker.problem_key(spec)
+        if key not in self.problems:
+            self.problems[key] = problem_module.build(spec)
         if self.store is None:
             self.store = tracking.open_store(spec.tracking)
         tags = {**self.tags, tracking.OWNER_TAG: pool.owner_token()}
         started = time.monotonic()
         try:
-            run_id, result = train.train_and_record(spec, problem, self.store, tags, point.name)
+            run_id, result = train.train_and_record(
+                spec, self.problems[key], self.store, tags, point.name
+            )
         except Exception as error:  # recorded FAILED by train_and_record
             seconds = time.monotonic() - started
             return Outcome("failed", None, f"{type(error).__name__}: {error}", seconds)
@@ -267,7 +275,8 @@ def run_points(points, plan_, n_jobs, work, progress) -> tuple[dict[int, Outcome
 
     previous = signal.signal(signal.SIGTERM, train._interrupt)
     try:
-        pool.Pool(min(n_jobs, max(len(plan_.todo), 1)), work).run(plan_.todo, on_event)
+        todo = {position: points[position] for position in plan_.todo}
+        pool.Pool(min(n_jobs, max(len(todo), 1)), work).run(todo, on_event)
         return outcomes, False
     except KeyboardInterrupt:
         return outcomes, True
@@ -330,6 +339,18 @@ def parent_params(points: Sequence[Point], root: DictConfig, n_jobs: int) -> dic
     return params
 
 
+def prepare(job_overrides, initial_job_idx, root: DictConfig, hydra_context, n_jobs: int):
+    """Compose and validate the grid and open its experiment; raises ConfigError."""
+    if n_jobs < 1:
+        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "expected an integer >= 1")
+    compose = functools.partial(hydra_context.config_loader.load_sweep_config, root)
+    points = compose_points(job_overrides, initial_job_idx, compose)
+    target = points[0].spec.tracking
+    uri = tracking.resolve_uri(target.uri)
+    tracking.check_uri(uri)
+    return points, tracking.Ledger(uri, target.experiment)
+
+
 def launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
@@ -340,15 +361,17 @@ def launch(
 ) -> list[JobReturn]:
     """Run the grid; see the module's docstring. Exits through SystemExit unless all went well."""
     started = time.monotonic()
+    pool.start_server(["harness.train"])  # gets ready while the grid is composed
     try:
-        if n_jobs < 1:
-            raise ConfigError("hydra.launcher.n_jobs", n_jobs, "expected an integer >= 1")
-        compose = functools.partial(hydra_context.config_loader.load_sweep_config, root)
-        points, problems = compose_points(job_overrides, initial_job_idx, compose)
-        target = points[0].spec.tracking
-        uri = tracking.resolve_uri(target.uri)
-        tracking.check_uri(uri)
-        ledger = tracking.Ledger(uri, target.experiment)
+        points, ledger = prepare(job_overrides, initial_job_idx, root, hydra_context, n_jobs)
+        records = ledger.grid_runs()
+        plan_ = plan(points, records, force, pool.is_alive)
+        for record in plan_.stale:
+            ledger.mark(record.run_id, "KILLED", "left RUNNING by a process that died; redone")
+        study = root.hydra.runtime.choices.get("experiment") or points[0].spec.tracking.experiment
+        identity = sweep_id(points, force)
+        name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, n_jobs)
+        parent = ledger.open_sweep(identity, name, params, {"study": study})
     except ConfigError as error:
         notes = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
         print(f"error: {error}{notes}", file=sys.stderr)
@@ -356,27 +379,16 @@ def launch(
     except KeyboardInterrupt:
         print("interrupted while preparing the sweep: no run was started", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
-
-    records = ledger.grid_runs()
-    plan_ = plan(points, records, force, pool.is_alive)
-    for record in plan_.stale:
-        ledger.mark(record.run_id, "KILLED", "left RUNNING by a process that died; redone")
-    study = root.hydra.runtime.choices.get("experiment") or target.experiment
-    identity = sweep_id(points, force)
-    parent = ledger.open_sweep(
-        identity,
-        f"{study}-sweep-{identity[:8]}",
-        parent_params(points, root, n_jobs),
-        {"study": study},
-    )
     print(
         f"sweep {study!r}: {len(points)} points, {len(plan_.skipped)} skipped "
         f"(already recorded or duplicates), {len(plan_.todo)} to run on {n_jobs} worker(s); "
-        f"store {ledger.uri}, experiment {target.experiment!r}, parent run {parent}",
+        f"store {ledger.uri}, experiment {points[0].spec.tracking.experiment!r}, "
+        f"parent run {parent}",
         flush=True,
     )
     tags = {tracking.PARENT_TAG: parent, tracking.SWEEP_TAG: identity}
-    work = PointWork(points, problems, hydra_context, tags)
+    threads = max(1, len(os.sched_getaffinity(0)) // n_jobs)
+    work = PointWork(hydra_context, tags, threads)
     outcomes, interrupted = run_points(points, plan_, n_jobs, work, Progress(len(plan_.todo)))
     outcomes.update(plan_.skipped)
 

@@ -176,7 +176,7 @@ def test_a_failing_and_a_diverging_point_never_stop_the_sweep(tmp_path, store_ur
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, store_uri, signal_name):
     """kill -9 of the whole process group, or Ctrl-C, midway; then the same sweep again."""
-    grid = ["seed=range(6)", "trainer.steps=400", "hydra.launcher.n_jobs=2"]
+    grid = ["seed=range(6)", "trainer.steps=4000", "hydra.launcher.n_jobs=2"]
     process = sweep_process(tmp_path, store_uri, *grid)
     wait_for(lambda: finished_points(store_uri) >= 3)
     os.killpg(process.pid, getattr(signal, signal_name))
@@ -318,7 +318,7 @@ def running_worker_pids(uri: str) -> list[int]:
 
 def test_a_worker_killed_midway_fails_its_point_and_the_sweep_goes_on(tmp_path, store_uri):
     process = sweep_process(
-        tmp_path, store_uri, "seed=range(3)", "trainer.steps=600", "hydra.launcher.n_jobs=2"
+        tmp_path, store_uri, "seed=range(2)", "trainer.steps=10000", "hydra.launcher.n_jobs=2"
     )
     wait_for(lambda: finished_points(store_uri) >= 1 and running_worker_pids(store_uri))
     victim = running_worker_pids(store_uri)[0]
@@ -328,7 +328,7 @@ def test_a_worker_killed_midway_fails_its_point_and_the_sweep_goes_on(tmp_path, 
     assert "| failed | 1 |" in out and "worker died (exit code -9)" in out
     points, (parent,) = points_and_parents(store_uri)
     statuses = collections.Counter(r.info.status for r in points)
-    assert statuses == {"FINISHED": 11, "FAILED": 1}
+    assert statuses == {"FINISHED": 7, "FAILED": 1}
     (failed,) = [r for r in points if r.info.status == "FAILED"]
     assert failed.data.tags["error"] == "its worker process died"
     assert failed.data.tags["owner"].split(":")[1] == str(victim)

@@ -186,21 +186,22 @@ def test_owner_tokens_tell_live_processes_from_dead_ones():
 
 
 class Doubler(pool.Work):
-    """Returns twice the index; dies hard on index 3, once (a marker file tells)."""
+    """Returns twice the item; dies hard on item 3, once (a marker file tells)."""
 
     def __init__(self, marker):
         self.marker = marker
 
-    def run(self, index: int) -> int:
-        if index == 3 and not self.marker.exists():
+    def run(self, item: int) -> int:
+        if item == 3 and not self.marker.exists():
             self.marker.touch()
             os._exit(7)
-        return 2 * index
+        return 2 * item
 
 
 def test_the_pool_runs_every_index_and_reports_a_worker_that_died(tmp_path):
     events = []
-    pool.Pool(3, Doubler(tmp_path / "died")).run(range(10), lambda *e: events.append(e))
+    items = {index: index for index in range(10)}
+    pool.Pool(3, Doubler(tmp_path / "died")).run(items, lambda *e: events.append(e))
     done = {index: value for kind, index, value in events if kind == "done"}
     assert done == {i: 2 * i for i in range(10) if i != 3}
     assert [(k, i, v) for k, i, v in events if k == "lost"] == [("lost", 3, 7)]
