@@ -451,6 +451,62 @@ class Ledger:
         self.client.set_terminated(run_id, status)
 
 
+@dataclass
+class ExperimentTables:
+    """An experiment's records as long tables (pandas DataFrames), read in bulk:
+    ``runs`` (run_id, run_name, status, start_time, end_time; times in ms), ``params`` and
+    ``tags`` (run_id, key, value), ``metrics`` (run_id, key, value, step, timestamp)."""
+
+    runs: Any
+    params: Any
+    tags: Any
+    metrics: Any
+
+
+def read_experiment(uri: str, experiment: str) -> ExperimentTables:
+    """Every active run of ``experiment`` with all its params, tags and metric histories, in
+    four SQL queries on the store's database (MLflow's client would need one call per run and
+    metric). Raises ConfigError when the store is not a database or has no such experiment."""
+    import pandas as pd
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlRun, SqlTag
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy import select
+
+    store = MlflowClient(tracking_uri=uri)._tracking_client.store
+    if not isinstance(store, SqlAlchemyStore):
+        allowed = "expected a database store (sqlite:///..., postgresql://..., mysql://...)"
+        raise ConfigError("tracking.uri", uri, allowed)
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError("study", experiment, f"no experiment of that name in {uri}")
+    active = select(SqlRun.run_uuid).where(
+        SqlRun.experiment_id == int(found.experiment_id), SqlRun.lifecycle_stage == "active"
+    )
+    runs = select(
+        SqlRun.run_uuid.label("run_id"),
+        SqlRun.name.label("run_name"),
+        SqlRun.status,
+        SqlRun.start_time,
+        SqlRun.end_time,
+    ).where(SqlRun.run_uuid.in_(active))
+
+    def pairs(model):
+        return select(model.run_uuid.label("run_id"), model.key, model.value).where(
+            model.run_uuid.in_(active)
+        )
+
+    metrics = select(
+        SqlMetric.run_uuid.label("run_id"),
+        SqlMetric.key,
+        SqlMetric.value,
+        SqlMetric.step,
+        SqlMetric.timestamp,
+    ).where(SqlMetric.run_uuid.in_(active))
+    queries = (runs, pairs(SqlParam), pairs(SqlTag), metrics)
+    with store.engine.connect() as connection:
+        return ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
+
+
 def open_store(cfg: TrackingConfig) -> Store:
     """Resolve and check the URI, then open the store and its experiment."""
     uri = resolve_uri(cfg.uri)

@@ -1,0 +1,100 @@
+"""Collect a study's runs into one tidy pandas frame: one row per run and logged step.
+
+Columns: the run (``run_id``, ``run_name``, ``status``, ``diverged``, ``fingerprint``,
+``wall_seconds``, ``diverged_step``), its config as typed columns (``optimizer.lr`` a float,
+``seed`` an integer, ``optimizer.name`` a string, ...), ``problem`` (``dataset/model``), the
+position (``step``, ``epoch`` where the data has epochs, ``seconds`` since the run started) and
+one column per curve (``train_loss``, ``val_loss``, ``lr``, ...; NaN where a curve has no point
+at that step). The status and divergence flag are on every row.
+
+A grid point rerun (``force=true``, or after a failure) is represented by its newest FINISHED
+run, else its newest run; the sweeps' parent runs are left out.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from harness import tracking
+
+RUN_SUMMARIES = ("wall_seconds", "diverged_step")  # metrics logged once per run
+
+
+def typed(values: pd.Series) -> pd.Series:
+    """Param strings back to numbers where every value of the column is a JSON number (or
+    null); other columns stay strings."""
+    decoded = {}
+    for value in values.dropna().unique():
+        try:
+            decoded[value] = json.loads(value)
+        except (TypeError, ValueError):
+            return values
+    numbers = all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+        for v in decoded.values()
+    )
+    if not numbers:
+        return values
+    column = values.map(decoded).astype(float)
+    whole = column.dropna()
+    if (
+        len(whole)
+        and (whole == whole.round()).all()
+        and all(isinstance(v, int) for v in decoded.values() if v is not None)
+    ):
+        return column.astype("Int64")
+    return column
+
+
+def latest_per_point(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per fingerprint: the newest FINISHED one, else the newest."""
+    order = runs.assign(_finished=runs["status"].eq("FINISHED"))
+    order = order.sort_values(["_finished", "start_time"])
+    return order.drop_duplicates("fingerprint", keep="last").drop(columns="_finished")
+
+
+def run_table(tables: tracking.ExperimentTables) -> pd.DataFrame:
+    """One row per grid point: run columns, typed config, ``problem``, run summaries."""
+    tags = tables.tags.pivot(index="run_id", columns="key", values="value")
+    runs = tables.runs.set_index("run_id").join(
+        tags.reindex(columns=["fingerprint", "diverged", "role"])
+    )
+    runs = runs[runs["role"].ne("sweep") & runs["fingerprint"].notna()].drop(columns="role")
+    runs = latest_per_point(runs.reset_index()).set_index("run_id")
+    runs["diverged"] = runs["diverged"].eq("true")
+    params = tables.params[tables.params["run_id"].isin(runs.index)]
+    config = params.pivot(index="run_id", columns="key", values="value").apply(typed)
+    config = config.drop(columns=[c for c in config.columns if c in runs.columns])  # run_name
+    summaries = tables.metrics[tables.metrics["key"].isin(RUN_SUMMARIES)]
+    summaries = summaries.pivot_table(index="run_id", columns="key", values="value")
+    runs = runs.join(config).join(summaries.reindex(columns=list(RUN_SUMMARIES)))
+    if {"dataset.name", "model.name"} <= set(runs.columns):
+        runs["problem"] = runs["dataset.name"] + "/" + runs["model.name"]
+    return runs
+
+
+def curve_table(tables: tracking.ExperimentTables, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, step), one column per curve, and ``seconds`` since the run began."""
+    metrics = tables.metrics[
+        tables.metrics["run_id"].isin(runs.index) & ~tables.metrics["key"].isin(RUN_SUMMARIES)
+    ]
+    curves = metrics.pivot_table(index=["run_id", "step"], columns="key", values="value")
+    curves.columns.name = None
+    stamps = metrics.groupby(["run_id", "step"])["timestamp"].min()
+    start = runs["start_time"].reindex(stamps.index.get_level_values("run_id")).to_numpy()
+    curves["seconds"] = (stamps.to_numpy() - start) / 1000.0
+    return curves.reset_index()
+
+
+def collect(uri: str, study: str) -> pd.DataFrame:
+    """The tidy frame of study ``study`` (its MLflow experiment) in the store at ``uri``."""
+    tables = tracking.read_experiment(tracking.resolve_uri(uri), study)
+    runs = run_table(tables)
+    curves = curve_table(tables, runs)
+    frame = curves.merge(runs.reset_index(), on="run_id", how="right")
+    if "data.steps_per_epoch" in frame.columns:
+        frame["epoch"] = frame["step"] / frame["data.steps_per_epoch"].astype(float)
+    frame["step"] = frame["step"].astype("Int64")
+    return frame
