@@ -1,0 +1,97 @@
+"""Aggregation over seeds and selection of the best learning rate: pure functions of the tidy
+frame (see ``reports.collect``), so each is tested on small hand-made frames.
+
+- A *band* summarises the values of a group of runs (usually the seeds of one configuration):
+  the median with the interquartile range [q25, q75] (default), or the mean with its 95%
+  Student-t interval mean +- t(0.975, n-1) s / sqrt(n). NaN values are left out; ``n`` says
+  how many values remain.
+- A run's *final* value of a metric is its last non-NaN value. A diverged or failed run has no
+  meaningful final value: for selection it counts as +inf (worse than any finite loss), never
+  as 0 and never dropped silently.
+- The best learning rate per (problem, optimizer, schedule) minimises the median final
+  validation loss over seeds, or the training loss where the study has no validation split.
+  The test split is never used to select.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SELECTION_GROUPS = ("problem", "optimizer.name", "schedule.name")
+LEARNING_RATE = "optimizer.lr"
+
+
+def band(values: pd.Series, center: str = "median") -> pd.Series:
+    """``n``, ``center``, ``low``, ``high`` of the non-NaN values (see the module docstring)."""
+    finite = values.dropna().astype(float)
+    n = len(finite)
+    if n == 0:
+        return pd.Series({"n": 0, "center": np.nan, "low": np.nan, "high": np.nan})
+    if center == "median":
+        low, mid, high = np.quantile(finite, [0.25, 0.5, 0.75])
+    elif center == "mean":
+        mid = finite.mean()
+        half = stats.t.ppf(0.975, n - 1) * finite.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+        low, high = mid - half, mid + half
+    else:
+        raise ValueError(f"center={center!r}: expected median or mean")
+    return pd.Series({"n": n, "center": mid, "low": low, "high": high})
+
+
+def bands(frame: pd.DataFrame, by: Sequence[str], value: str, center: str = "median"):
+    """One band per group of ``by``: columns ``by`` + n, center, low, high."""
+    grouped = frame.groupby(list(by), dropna=False, sort=True)[value]
+    out = grouped.apply(lambda values: band(values, center)).unstack()
+    out["n"] = out["n"].astype(int)
+    return out.reset_index()
+
+
+def curve_bands(frame, by: Sequence[str], metric: str, x: str = "step", center: str = "median"):
+    """A band over runs at every ``x`` of the curves of ``metric``, per group of ``by``. A run
+    that diverged stops contributing after its last point; ``n`` shows it."""
+    points = frame.dropna(subset=[metric])
+    return bands(points, [*by, x], metric, center)
+
+
+def final_values(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per run: the run's columns (config, status, diverged, ...) and ``final``, the
+    last non-NaN value of ``metric`` (NaN if the run has none)."""
+    ordered = frame.sort_values(["run_id", "step"])
+    last = ordered.dropna(subset=[metric]).groupby("run_id")[metric].last()
+    runs = ordered.drop_duplicates("run_id").set_index("run_id")
+    runs = runs.drop(columns=[c for c in ("step", "epoch", "seconds") if c in runs.columns])
+    return runs.assign(final=last.reindex(runs.index)).reset_index()
+
+
+def selection_metric(frame: pd.DataFrame) -> str:
+    """``val_loss`` where the study has a validation split, else ``train_loss``."""
+    has_val = "val_loss" in frame.columns and frame["val_loss"].notna().any()
+    return "val_loss" if has_val else "train_loss"
+
+
+def selection_score(finals: pd.DataFrame) -> pd.Series:
+    """The final loss of each run, +inf for a run that diverged, failed or has no value."""
+    failed = finals["diverged"] | finals["status"].ne("FINISHED") | finals["final"].isna()
+    return finals["final"].where(~failed, np.inf)
+
+
+def best_learning_rates(
+    frame: pd.DataFrame, groups: Sequence[str] = SELECTION_GROUPS, lr: str = LEARNING_RATE
+) -> pd.DataFrame:
+    """Per group, the learning rate whose median score over seeds is lowest (the smaller rate
+    on a tie). Columns: ``groups``, ``lr``, ``metric`` (what was minimised), ``score`` (the
+    median), ``runs`` and ``diverged`` (how many of the winner's runs diverged)."""
+    metric = selection_metric(frame)
+    groups = [g for g in groups if g in frame.columns]
+    finals = final_values(frame, metric)
+    finals = finals.assign(score=selection_score(finals))
+    per_rate = finals.groupby([*groups, lr], dropna=False).agg(
+        score=("score", "median"), runs=("run_id", "size"), diverged=("diverged", "sum")
+    )
+    per_rate = per_rate.reset_index().sort_values([*groups, "score", lr])
+    best = per_rate.drop_duplicates(groups, keep="first").reset_index(drop=True)
+    return best.assign(metric=metric)[[*groups, lr, "metric", "score", "runs", "diverged"]]
