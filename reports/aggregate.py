@@ -9,7 +9,7 @@ frame (see ``reports.collect``), so each is tested on small hand-made frames.
   meaningful final value: for selection it counts as +inf (worse than any finite loss), never
   as 0 and never dropped silently.
 - The best learning rate per (problem, optimizer, schedule) minimises the median final
-  validation loss over seeds, or the training loss where the study has no validation split.
+  validation loss over seeds, or the training loss where the problem has no validation split.
   The test split is never used to select.
 """
 
@@ -68,9 +68,20 @@ def final_values(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def selection_metric(frame: pd.DataFrame) -> str:
-    """``val_loss`` where the study has a validation split, else ``train_loss``."""
+    """``val_loss`` where the frame has a validation split, else ``train_loss``."""
     has_val = "val_loss" in frame.columns and frame["val_loss"].notna().any()
     return "val_loss" if has_val else "train_loss"
+
+
+def selection_finals(frame: pd.DataFrame) -> pd.DataFrame:
+    """``final_values`` of each problem's selection metric (validation loss where that problem
+    has a validation split), with ``metric`` naming it and ``score`` (see selection_score)."""
+    parts = []
+    for _, part in frame.groupby("problem", sort=True):
+        metric = selection_metric(part)
+        finals = final_values(part, metric)
+        parts.append(finals.assign(metric=metric, score=selection_score(finals)))
+    return pd.concat(parts, ignore_index=True)
 
 
 def selection_score(finals: pd.DataFrame) -> pd.Series:
@@ -85,13 +96,59 @@ def best_learning_rates(
     """Per group, the learning rate whose median score over seeds is lowest (the smaller rate
     on a tie). Columns: ``groups``, ``lr``, ``metric`` (what was minimised), ``score`` (the
     median), ``runs`` and ``diverged`` (how many of the winner's runs diverged)."""
-    metric = selection_metric(frame)
     groups = [g for g in groups if g in frame.columns]
-    finals = final_values(frame, metric)
-    finals = finals.assign(score=selection_score(finals))
+    finals = selection_finals(frame)
     per_rate = finals.groupby([*groups, lr], dropna=False).agg(
-        score=("score", "median"), runs=("run_id", "size"), diverged=("diverged", "sum")
+        metric=("metric", "first"),
+        score=("score", "median"),
+        runs=("run_id", "size"),
+        diverged=("diverged", "sum"),
     )
     per_rate = per_rate.reset_index().sort_values([*groups, "score", lr])
     best = per_rate.drop_duplicates(groups, keep="first").reset_index(drop=True)
-    return best.assign(metric=metric)[[*groups, lr, "metric", "score", "runs", "diverged"]]
+    return best[[*groups, lr, "metric", "score", "runs", "diverged"]]
+
+
+def variants(frame: pd.DataFrame) -> pd.Series:
+    """A label per row naming the optimizer, plus each of its settings (other than the
+    learning rate) that takes several values on the same problem, plus the schedule when the
+    frame has several: ``nesterov lookahead=slide``, ``sgd / cosine``."""
+    label = frame["optimizer.name"].astype(str)
+    settings = [
+        c
+        for c in frame.columns
+        if c.startswith("optimizer.") and c not in ("optimizer.name", LEARNING_RATE)
+    ]
+    within = ["problem", "optimizer.name"] if "problem" in frame.columns else ["optimizer.name"]
+    for key in settings:
+        counts = frame.groupby(within)[key].transform("nunique")
+        varying = counts > 1
+        label = label.where(~varying, label + f" {key.split('.', 1)[1]}=" + frame[key].astype(str))
+    if "schedule.name" in frame.columns and frame["schedule.name"].nunique() > 1:
+        label = label + " / " + frame["schedule.name"].astype(str)
+    return label
+
+
+def best_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the runs at the best learning rate of their (problem, variant)."""
+    labelled = frame.assign(variant=variants(frame))
+    best = best_learning_rates(labelled, ("problem", "variant"))
+    keys = ["problem", "variant", LEARNING_RATE]
+    chosen = labelled.merge(best[keys], on=keys, how="inner")
+    return chosen.drop(columns="variant")
+
+
+def performance_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """Dolan-More ratios: rows are problems, columns variants; each entry is the variant's
+    best median selection loss divided by the best variant's on that problem (1 for the
+    best, inf for a variant whose every rate diverged or failed)."""
+    labelled = frame.assign(variant=variants(frame))
+    best = best_learning_rates(labelled, ("problem", "variant"))
+    scores = best.pivot(index="problem", columns="variant", values="score")
+    lowest = scores.min(axis=1)
+    ratios = scores.div(lowest, axis=0)
+    degenerate = lowest <= 0  # a best loss of 0: the best get 1, the others inf
+    ratios.loc[degenerate] = np.where(
+        scores[degenerate].eq(lowest[degenerate], axis=0), 1.0, np.inf
+    )
+    return ratios

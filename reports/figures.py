@@ -1,0 +1,185 @@
+"""The report's figures (seaborn on matplotlib's Agg backend), each a function of the tidy frame
+that returns a Figure; ``save`` writes it as PNG and SVG.
+
+- ``convergence``: a loss against step (or epoch, or seconds) for each optimizer variant at its
+  best learning rate, median over seeds with the interquartile band, log y where positive.
+- ``sensitivity``: the final selection loss against the learning rate (log x), a line and band
+  per variant; diverged or failed runs are drawn as crosses at the top of the axis.
+- ``landscape``: the loss surface of a two-parameter problem as a contour over the book's
+  ranges, with the runs' trajectories (phi0, phi1) on it.
+- ``schedules``: the learning rate against step, one line per schedule.
+- ``performance_profiles``: Dolan-More profiles over problems, for studies with two or more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from reports import aggregate, surfaces  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="paper")
+PANEL = (4.8, 3.6)  # inches per facet
+
+
+def save(figure, folder: Path, name: str) -> list[Path]:
+    """Write ``name``.png and ``name``.svg into ``folder``; returns the two paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    for path in paths:
+        figure.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+def _facets(count: int, columns: int = 3):
+    rows = -(-count // columns)
+    width = min(count, columns)
+    figure, axes = plt.subplots(
+        rows,
+        width,
+        figsize=(PANEL[0] * width, PANEL[1] * rows),
+        squeeze=False,
+        layout="constrained",
+    )
+    for extra in axes.flat[count:]:
+        extra.set_visible(False)
+    return figure, list(axes.flat[:count])
+
+
+def _log_if_positive(axis, values: pd.Series, which: str = "y") -> None:
+    finite = values[np.isfinite(values)]
+    if len(finite) and (finite > 0).all():
+        (axis.set_yscale if which == "y" else axis.set_xscale)("log")
+
+
+def _band_line(axis, x: pd.Series, curve: pd.DataFrame, label: str, **style) -> str:
+    """The band's center as a line and [low, high] shaded in its color; returns the color."""
+    (line,) = axis.plot(x, curve["center"], label=label, **style)
+    axis.fill_between(x, curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
+    return line.get_color()
+
+
+def _problem_panels(table: pd.DataFrame):
+    """A figure with one facet per problem of ``table``, and each facet's (axis, problem,
+    rows), the rows labelled with their ``variant``."""
+    table = table.assign(variant=aggregate.variants(table))
+    problems = sorted(table["problem"].unique())
+    figure, axes = _facets(len(problems))
+    rows = [table[table["problem"] == problem] for problem in problems]
+    return figure, list(zip(axes, problems, rows, strict=True))
+
+
+def convergence(frame: pd.DataFrame, metric: str = "train_loss", x: str = "step"):
+    """One facet per problem: ``metric`` against ``x`` per variant at its best rate."""
+    figure, panels = _problem_panels(aggregate.best_runs(frame))
+    for axis, problem, part in panels:
+        curves = aggregate.curve_bands(part, ["variant"], metric, x)
+        for variant, curve in curves.groupby("variant"):
+            _band_line(axis, curve[x], curve, variant)
+        _log_if_positive(axis, curves["center"])
+        axis.set(title=problem, xlabel=x, ylabel=f"{metric} (median, IQR over seeds)")
+        axis.legend(fontsize="x-small")
+    return figure
+
+
+def sensitivity(frame: pd.DataFrame):
+    """One facet per problem: final selection loss against the learning rate per variant."""
+    figure, panels = _problem_panels(aggregate.selection_finals(frame))
+    for axis, problem, part in panels:
+        finite = part[np.isfinite(part["score"])]
+        lost = part[~np.isfinite(part["score"])]
+        colors = {}
+        for variant, group in finite.groupby("variant"):
+            curve = aggregate.bands(group, [aggregate.LEARNING_RATE], "score")
+            rates = curve[aggregate.LEARNING_RATE]
+            colors[variant] = _band_line(axis, rates, curve, variant, marker="o", markersize=3)
+        axis.set_xscale("log")
+        _log_if_positive(axis, finite["score"])
+        if len(lost):
+            top = axis.get_ylim()[1]
+            for variant, group in lost.groupby("variant"):
+                axis.scatter(
+                    group[aggregate.LEARNING_RATE],
+                    np.full(len(group), top),
+                    marker="x",
+                    color=colors.get(variant, "black"),
+                    clip_on=False,
+                    zorder=3,
+                    label=f"{variant}: diverged/failed",
+                )
+            axis.set_ylim(top=top)
+        metric = part["metric"].iloc[0]
+        axis.set(title=problem, xlabel="learning rate", ylabel=f"final {metric} (median, IQR)")
+        axis.legend(fontsize="x-small")
+    return figure
+
+
+def landscape(frame: pd.DataFrame, problem: str, resolution: int = 120):
+    """The loss surface of a two-parameter problem over the book's range, one facet per
+    variant, each with its runs' trajectories (start: circle, end: cross)."""
+    part = frame[(frame["problem"] == problem) & frame["phi0"].notna()]
+    part = part.assign(variant=aggregate.variants(part))
+    first = part.drop_duplicates("run_id").iloc[0]
+    spec = surfaces.spec_of(first)
+    (low0, high0), (low1, high1) = surfaces.plot_range(spec, part)
+    phi0 = np.linspace(low0, high0, resolution)
+    phi1 = np.linspace(low1, high1, resolution)
+    loss = surfaces.loss_grid(spec, phi0, phi1)
+    variants = sorted(part["variant"].unique())
+    figure, axes = _facets(len(variants))
+    levels = np.quantile(loss[np.isfinite(loss)], np.linspace(0, 1, 25))
+    for axis, variant in zip(axes, variants, strict=True):
+        filled = axis.contourf(phi0, phi1, loss, levels=np.unique(levels), cmap="viridis_r")
+        for _, run in part[part["variant"] == variant].groupby("run_id"):
+            path = run.sort_values("step")
+            axis.plot(path["phi0"], path["phi1"], color="white", linewidth=0.9, alpha=0.9)
+            axis.plot(path["phi0"].iloc[0], path["phi1"].iloc[0], "o", color="white", markersize=3)
+            axis.plot(path["phi0"].iloc[-1], path["phi1"].iloc[-1], "x", color="red", markersize=5)
+        axis.set(
+            xlim=(low0, high0), ylim=(low1, high1), title=variant, xlabel="phi0", ylabel="phi1"
+        )
+    figure.colorbar(filled, ax=axes, label="training loss", shrink=0.8)
+    figure.suptitle(problem)
+    return figure
+
+
+def schedules(frame: pd.DataFrame, optimizer: str | None = None):
+    """The learning rate against step for one run of each schedule (of ``optimizer``)."""
+    part = frame.dropna(subset=["lr"])
+    if optimizer is not None:
+        part = part[part["optimizer.name"] == optimizer]
+    figure, axis = plt.subplots(figsize=PANEL, layout="constrained")
+    for name, group in part.groupby("schedule.name"):
+        run = group[group["run_id"] == group["run_id"].iloc[0]].sort_values("step")
+        axis.step(run["step"], run["lr"], where="post", label=name)
+    axis.set_yscale("log")
+    axis.set(xlabel="step", ylabel="learning rate", title=f"schedules ({optimizer or 'all'})")
+    axis.legend(fontsize="x-small")
+    return figure
+
+
+def performance_profiles(frame: pd.DataFrame, taus: np.ndarray | None = None):
+    """Dolan-More profiles: for each variant, the fraction of problems on which its best
+    final selection loss is within a factor tau of the best variant's."""
+    ratios = aggregate.performance_ratios(frame)
+    taus = np.logspace(0, 2, 200) if taus is None else taus
+    figure, axis = plt.subplots(figsize=PANEL, layout="constrained")
+    for variant, column in ratios.items():
+        axis.step(taus, [(column <= tau).mean() for tau in taus], where="post", label=variant)
+    axis.set_xscale("log")
+    axis.set(
+        xlabel="tau (loss / best loss)",
+        ylabel="fraction of problems",
+        ylim=(0, 1.02),
+        title=f"performance profiles over {len(ratios)} problems",
+    )
+    axis.legend(fontsize="x-small")
+    return figure

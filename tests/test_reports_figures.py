@@ -1,0 +1,124 @@
+"""The report's figures, each built from a small real sweep: files, axes and series."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.contour import QuadContourSet
+
+from harness import train
+from reports import aggregate, figures
+from reports.collect import collect
+
+GRID = [
+    "dataset=linear_toy,regression1d",
+    "model=linear",
+    "optimizer=sgd,adam",
+    "optimizer.lr=0.01,0.1,30",
+    "schedule=constant,cosine",
+    "seed=0,1",
+    "trainer.batch_size=4",
+    "trainer.steps=30",
+]
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory, migrated_store):
+    """48 runs: 2 problems x 2 optimizers x 3 rates (30 diverges) x 2 schedules x 2 seeds."""
+    folder = tmp_path_factory.mktemp("figures")
+    shutil.copy(migrated_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    argv = [
+        "harness.train",
+        "--multirun",
+        f"tracking.uri={uri}",
+        "tracking.experiment=figs",
+        f"hydra.sweep.dir={folder}/m",
+        "hydra.launcher.n_jobs=2",
+        *GRID,
+    ]
+    old, sys.argv = sys.argv, argv
+    try:
+        train.main()
+    finally:
+        sys.argv = old
+    return collect(uri, "figs")
+
+
+def lines(axis) -> list:
+    return [
+        line
+        for line in axis.get_lines()
+        if line.get_label() and not line.get_label().startswith("_")
+    ]
+
+
+def test_the_sweep_has_diverged_runs_to_show(frame):
+    runs = frame.drop_duplicates("run_id")
+    assert len(runs) == 48 and runs["diverged"].sum() >= 4
+    assert set(runs.loc[runs["diverged"], "optimizer.lr"]) == {30.0}
+
+
+def test_convergence_draws_each_variant_at_its_best_rate(frame, tmp_path):
+    figure = figures.convergence(frame)
+    axes = [a for a in figure.axes if a.get_visible()]
+    assert [a.get_title() for a in axes] == ["linear_toy/linear", "regression1d/linear"]
+    for axis in axes:
+        labels = sorted(line.get_label() for line in lines(axis))
+        assert labels == ["adam / constant", "adam / cosine", "sgd / constant", "sgd / cosine"]
+        assert axis.get_yscale() == "log" and axis.get_xlabel() == "step"
+    paths = figures.save(figure, tmp_path, "convergence")
+    assert [p.name for p in paths] == ["convergence.png", "convergence.svg"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_sensitivity_marks_diverged_runs_at_the_top(frame):
+    figure = figures.sensitivity(frame)
+    runs = frame.drop_duplicates("run_id")
+    for axis in (a for a in figure.axes if a.get_visible()):
+        assert axis.get_xscale() == "log"
+        problem = runs[runs["problem"] == axis.get_title()]
+        drawn = {line.get_label(): line for line in lines(axis)}
+        assert set(drawn) == {"adam / constant", "adam / cosine", "sgd / constant", "sgd / cosine"}
+        for line in drawn.values():
+            assert {0.01, 0.1} <= set(line.get_xdata()) <= {0.01, 0.1, 30.0}
+        crosses = [c for c in axis.collections if isinstance(c, PathCollection)]
+        diverged = problem[problem["diverged"]]
+        assert len(diverged) and sum(len(c.get_offsets()) for c in crosses) == len(diverged)
+        tops = np.concatenate([c.get_offsets()[:, 1] for c in crosses])
+        assert np.allclose(tops, axis.get_ylim()[1])  # at the top, never 0, never dropped
+        rates = np.concatenate([c.get_offsets()[:, 0] for c in crosses])
+        assert sorted(rates) == sorted(diverged["optimizer.lr"])
+
+
+def test_the_landscape_draws_every_trajectory_on_the_book_range(frame):
+    figure = figures.landscape(frame, "linear_toy/linear")
+    panels = [a for a in figure.axes if a.get_title()]
+    assert len(panels) == 4  # one per variant
+    for axis in panels:
+        assert any(isinstance(c, QuadContourSet) for c in [axis.collections, *axis.get_children()])
+        assert axis.get_xlim() == (0.0, 2.0) and axis.get_ylim() == (-1.0, 1.0)
+        assert (
+            len([ln for ln in axis.get_lines() if ln.get_marker() == "None"]) == 6
+        )  # 3 lr x 2 seeds
+
+
+def test_the_schedules_figure_has_a_line_per_schedule(frame):
+    figure = figures.schedules(frame, "sgd")
+    (axis,) = figure.axes
+    assert sorted(line.get_label() for line in lines(axis)) == ["constant", "cosine"]
+
+
+def test_performance_profiles_start_at_the_share_of_wins(frame):
+    ratios = aggregate.performance_ratios(frame)
+    assert list(ratios.index) == ["linear_toy/linear", "regression1d/linear"]
+    assert (ratios.min(axis=1) == 1.0).all()
+    figure = figures.performance_profiles(frame)
+    (axis,) = figure.axes
+    for line in lines(axis):
+        share = (ratios[line.get_label()] <= 1.0).mean()
+        assert line.get_ydata()[0] == share and line.get_ydata()[-1] <= 1.0
