@@ -134,7 +134,8 @@ class Pool:
     ``started`` (payload: the worker's pid), ``done`` (the outcome), ``interrupted`` (None),
     ``lost`` (the worker's exit code, when it died running the point). It returns when every
     index is done, and raises KeyboardInterrupt, after the workers have stopped, when the sweep
-    was interrupted.
+    was interrupted: by a signal to this process, or to a worker (then this process may not
+    have seen it: a process started with SIGINT ignored keeps ignoring it).
     """
 
     def __init__(self, n_workers: int, work: Work):
@@ -143,16 +144,19 @@ class Pool:
         self.context = multiprocessing.get_context("forkserver")
         self.pending: deque[tuple[int, Any]] = deque()
         self.workers: list[_Worker] = []
+        self.stopping = False
 
     def run(self, items: dict[int, Any], on_event: Callable[[str, int, Any], None]) -> None:
         self.pending = deque(items.items())
         for _ in range(min(self.n_workers, len(self.pending))):
             self._spawn()
         try:
-            self._collect(on_event, replace=True)
+            self._collect(on_event)
         except KeyboardInterrupt:
             self._stop(on_event)
             raise
+        if self.stopping:
+            raise KeyboardInterrupt("a worker was interrupted")
 
     def _spawn(self) -> None:
         ours, theirs = self.context.Pipe()
@@ -175,8 +179,8 @@ class Pool:
             if order is not None:
                 self.pending.appendleft(order)
 
-    def _collect(self, on_event, replace: bool, deadline: float | None = None) -> None:
-        """Handle events until every worker has exited (replacing dead ones if ``replace``)."""
+    def _collect(self, on_event, deadline: float | None = None) -> None:
+        """Handle events until every worker has exited (replacing dead ones unless stopping)."""
         while self.workers:
             if deadline is not None and time.monotonic() > deadline:
                 for worker in self.workers:
@@ -188,7 +192,7 @@ class Pool:
                 if worker.pipe in ready:
                     self._read(worker, on_event)
                 if worker.process.sentinel in ready:
-                    self._reap(worker, on_event, replace)
+                    self._reap(worker, on_event)
 
     def _read(self, worker: _Worker, on_event) -> None:
         while worker.pipe.poll():
@@ -200,8 +204,10 @@ class Pool:
             on_event(kind, index, payload)
             if kind == "done":
                 self._feed(worker)
+            elif kind == "interrupted" and not self.stopping:
+                self._interrupt_all()
 
-    def _reap(self, worker: _Worker, on_event, replace: bool) -> None:
+    def _reap(self, worker: _Worker, on_event) -> None:
         """Forget an exited worker; a point it died running is reported ``lost``."""
         self._read(worker, on_event)
         worker.process.join()
@@ -209,18 +215,22 @@ class Pool:
         self.workers.remove(worker)
         if worker.index is not None:
             on_event("lost", worker.index, worker.process.exitcode)
-        if replace and self.pending:
+        if self.pending and not self.stopping:
             self._spawn()
 
+    def _interrupt_all(self) -> None:
+        """Hand out no more items and pass the interrupt on to every live worker."""
+        self.stopping = True
+        self.pending.clear()
+        for worker in self.workers:
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGINT)
+
     def _stop(self, on_event) -> None:
-        """Stop handing out points, pass the interrupt on, and wait for the workers to record
-        theirs."""
+        """After an interrupt here: stop the workers and wait for them to record their runs."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            self.pending.clear()
-            for worker in self.workers:
-                if worker.process.is_alive():
-                    os.kill(worker.process.pid, signal.SIGINT)
-            self._collect(on_event, replace=False, deadline=time.monotonic() + STOP_GRACE_SECONDS)
+            self._interrupt_all()
+            self._collect(on_event, deadline=time.monotonic() + STOP_GRACE_SECONDS)
         finally:
             signal.signal(signal.SIGINT, previous)

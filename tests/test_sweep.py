@@ -31,8 +31,9 @@ def make_sweep(tmp_path: Path, uri: str, *args: str, jobs: int = 1, study: str =
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def sweep_process(tmp_path: Path, uri: str, *args: str) -> subprocess.Popen:
-    """The sweep program in its own process group, as a terminal would run it."""
+def sweep_process(tmp_path: Path, uri: str, *args: str, sigint=signal.SIG_DFL) -> subprocess.Popen:
+    """The sweep program in its own process group, as a terminal would run it (SIGINT as
+    ``sigint`` at its start: a background job of a non-interactive shell ignores it)."""
     command = [
         sys.executable,
         "-m",
@@ -49,6 +50,7 @@ def sweep_process(tmp_path: Path, uri: str, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
 
 
@@ -203,6 +205,21 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, store_uri, sign
     for run in points:
         if run.info.run_id in left_running:
             assert run.info.status == "KILLED" and "process that died" in run.data.tags["error"]
+
+
+def test_ctrl_c_stops_a_sweep_whose_own_process_ignores_sigint(tmp_path, store_uri):
+    """Started with SIGINT ignored, the sweep process misses Ctrl-C, but its workers do not:
+    the first interrupted worker stops the sweep all the same."""
+    grid = ["seed=range(6)", "trainer.steps=4000", "hydra.launcher.n_jobs=2"]
+    process = sweep_process(tmp_path, store_uri, *grid, sigint=signal.SIG_IGN)
+    wait_for(lambda: finished_points(store_uri) >= 2)
+    os.killpg(process.pid, signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == sweep.EXIT_INTERRUPTED, out
+    assert "| not_run |" in out
+    points, parents = points_and_parents(store_uri)
+    assert len(points) < 24 and not [r for r in points if r.info.status == "RUNNING"]
+    assert [p.info.status for p in parents] == ["KILLED"]
 
 
 def run_sweep_here(*args: str) -> int:
