@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -82,3 +83,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def tidy_frame(runs: list[dict]) -> pd.DataFrame:
+    """A hand-made report frame: each run is a dict of run columns plus ``curve``, a list of
+    per-step dicts; runs get ids r0, r1, ... and default to FINISHED, not diverged."""
+    records = []
+    for index, run in enumerate(runs):
+        base = {"run_id": f"r{index}", "status": "FINISHED", "diverged": False}
+        base.update({key: value for key, value in run.items() if key != "curve"})
+        records += [{**base, **point} for point in run["curve"]]
+    return pd.DataFrame(records)

@@ -7,27 +7,28 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tidy_frame
 
 from reports import aggregate
 
 
 def runs_frame(rows: list[dict]) -> pd.DataFrame:
-    """A tidy frame from per-run dicts with a ``curve`` list of (step, train, val) points."""
-    records = []
-    for index, run in enumerate(rows):
-        base = {
-            "run_id": f"r{index}",
-            "status": run.get("status", "FINISHED"),
-            "diverged": run.get("diverged", False),
-            "problem": run.get("problem", "digits/mlp"),
-            "optimizer.name": run.get("optimizer", "sgd"),
-            "schedule.name": "constant",
-            "optimizer.lr": run["lr"],
-            "seed": run.get("seed", 0),
-        }
-        for step, train, val in run["curve"]:
-            records.append({**base, "step": step, "train_loss": train, "val_loss": val})
-    return pd.DataFrame(records)
+    """Runs on digits/mlp with a ``curve`` of (step, train, val) points."""
+    return tidy_frame(
+        [
+            {
+                "status": run.get("status", "FINISHED"),
+                "diverged": run.get("diverged", False),
+                "problem": "digits/mlp",
+                "optimizer.name": run.get("optimizer", "sgd"),
+                "schedule.name": "constant",
+                "optimizer.lr": run["lr"],
+                "seed": run.get("seed", 0),
+                "curve": [{"step": s, "train_loss": t, "val_loss": v} for s, t, v in run["curve"]],
+            }
+            for run in rows
+        ]
+    )
 
 
 def test_a_median_band_is_the_interquartile_range():
