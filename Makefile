@@ -11,7 +11,7 @@ PORT ?= 5000
 STORE ?= sqlite:///$(CURDIR)/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep studies ui test test-all bench lint clean
+.PHONY: help install run sweep studies report ui test test-all bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ sweep: install ## run a study into mlflow.db: make sweep EXP=lr_sensitivity JOBS
 
 studies: install ## list the studies and the question each answers
 	$(BIN)/python -m harness.sweep --list
+
+report: install ## the HTML report of a study: make report EXP=lr_sensitivity
+	$(BIN)/python -m reports $(EXP) $(ARGS)
 
 ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000 (PORT=..., STORE=...)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)

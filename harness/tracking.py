@@ -507,6 +507,25 @@ def read_experiment(uri: str, experiment: str) -> ExperimentTables:
         return ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
 
 
+def log_report(uri: str, experiment: str, folder: Path) -> str:
+    """Log ``folder`` as the artifacts of the experiment's ``report`` run (tag role=report),
+    replacing an earlier report's files; returns the run id."""
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, uri, experiment)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.{ROLE_TAG} = 'report'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name="report", tags={ROLE_TAG: "report"})
+        run_id = run_id.info.run_id
+    client.log_artifacts(run_id, str(folder), "report")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def open_store(cfg: TrackingConfig) -> Store:
     """Resolve and check the URI, then open the store and its experiment."""
     uri = resolve_uri(cfg.uri)

@@ -90,7 +90,8 @@ def gabor_global_share(part: pd.DataFrame) -> float:
     return float((finals < GABOR_GLOBAL_VALLEY).mean())
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
+    """A table cell as text: floats to 4 significant digits, NaN as ``-``."""
     if isinstance(value, float):
         return "-" if np.isnan(value) else f"{value:.4g}"
     return str(value)
@@ -101,7 +102,7 @@ def markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = [
-        "| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |"
+        "| " + " | ".join(cell(v).replace("|", "\\|") for v in row) + " |"
         for row in table.itertuples(index=False)
     ]
     return "\n".join([header, rule, *body]) + "\n"
@@ -111,7 +112,7 @@ def html_table(table: pd.DataFrame) -> str:
     """An HTML table with every cell escaped."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
         for row in table.itertuples(index=False)
     )
     return f'<table class="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -1,0 +1,3 @@
+from reports.report import main
+
+main()

@@ -1,0 +1,133 @@
+"""``python -m reports <study>`` (``make report EXP=<study>``): collect the study's runs, draw
+the figures that apply, write the comparison table, render ``index.html`` into
+``outputs/reports/<study>/`` and log the folder to MLflow as the artifacts of the study's
+``report`` run, so it opens from the UI too.
+
+Figures that apply: convergence of the training loss (and of the validation loss where there
+is one); learning-rate sensitivity where a variant was run at several rates; the loss
+landscape of each two-parameter problem; schedules where there are several; performance
+profiles where there are two problems or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness import studies, tracking
+from harness.config import ConfigError
+from reports import aggregate, figures, render, tables
+from reports.collect import collect
+
+OUTPUT = tracking.project_root() / "outputs" / "reports"
+
+
+def plan_figures(frame: pd.DataFrame):
+    """(name, title, caption, draw) for each figure that applies to the frame."""
+    plans = [
+        (
+            "convergence_train",
+            "Convergence",
+            "Training loss against step for each optimizer at "
+            "its best learning rate: median over seeds, band = interquartile range.",
+            lambda: figures.convergence(frame, "train_loss"),
+        ),
+    ]
+    if "val_loss" in frame.columns and frame["val_loss"].notna().any():
+        plans.append(
+            (
+                "convergence_val",
+                "Validation loss",
+                "Validation loss against step at the best learning rate.",
+                lambda: figures.convergence(frame, "val_loss"),
+            )
+        )
+    labelled = frame.assign(variant=aggregate.variants(frame))
+    rates = labelled.groupby(["problem", "variant"])[aggregate.LEARNING_RATE].nunique()
+    if (rates > 1).any():
+        plans.append(
+            (
+                "sensitivity",
+                "Learning-rate sensitivity",
+                "Final selection loss "
+                "against the learning rate (median, IQR over seeds); crosses at the top: "
+                "runs that diverged or failed.",
+                lambda: figures.sensitivity(frame),
+            )
+        )
+    if "phi0" in frame.columns:
+        for problem in sorted(frame.loc[frame["phi0"].notna(), "problem"].unique()):
+            name = "landscape_" + problem.replace("/", "_")
+            plans.append(
+                (
+                    name,
+                    f"Loss landscape of {problem}",
+                    "The training loss over the "
+                    "book's range with each run's path (circle: start, cross: end).",
+                    lambda problem=problem: figures.landscape(frame, problem),
+                )
+            )
+    if "schedule.name" in frame.columns and frame["schedule.name"].nunique() > 1:
+        plans.append(
+            (
+                "schedules",
+                "Schedules",
+                "Learning rate against step, one run per schedule.",
+                lambda: figures.schedules(frame),
+            )
+        )
+    if frame["problem"].nunique() > 1:
+        plans.append(
+            (
+                "profiles",
+                "Performance profiles",
+                "Share of problems on which each "
+                "optimizer's best loss is within a factor tau of the best optimizer's.",
+                lambda: figures.performance_profiles(frame),
+            )
+        )
+    return plans
+
+
+def build(uri: str | None, study: str, out: Path) -> Path:
+    """Write the report of ``study`` into ``out``; returns index.html. Raises ConfigError for
+    an unknown study or one without finished runs."""
+    uri = tracking.resolve_uri(uri)
+    frame = collect(uri, study)
+    finished = frame[frame["status"].eq("FINISHED")]
+    if finished.empty:
+        raise ConfigError("study", study, "has no finished runs yet: run `make sweep` first")
+    drawn = []
+    for name, title, caption, draw in plan_figures(finished):
+        figures.save(draw(), out, name)
+        drawn.append(render.Figure(name, title, caption))
+    table = tables.comparison(finished)
+    tables.write(table, out)
+    runs = frame.drop_duplicates("run_id")
+    counts = runs["status"].value_counts().to_dict()
+    summary = (
+        f"{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), "
+        f"{int(runs['diverged'].sum())} diverged; store {uri}."
+    )
+    question = studies.available().get(study, "")
+    index = out / "index.html"
+    index.write_text(render.page(study, question, summary, table, drawn, out))
+    tracking.log_report(uri, study, out)
+    return index
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n")[0])
+    parser.add_argument("study", help="the study (its MLflow experiment)")
+    parser.add_argument("--uri", help="tracking URI (default: as the runs, mlflow.db)")
+    parser.add_argument("--out", type=Path, help="output folder (outputs/reports/<study>)")
+    args = parser.parse_args(argv)
+    try:
+        index = build(args.uri, args.study, args.out or OUTPUT / args.study)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"report of {args.study!r}: {index}")
