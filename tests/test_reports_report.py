@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import ROOT, runs_in
 
 from harness import sweep
 from reports import render, report
+
+CHROMIUM = shutil.which("chromium")
 
 
 def run_sweep(tmp_path, uri: str, *args: str, study: str = "smoke") -> int:
@@ -28,10 +33,20 @@ def make_report(study: str, uri: str, out) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_make_report_writes_a_self_contained_page_and_logs_it(tmp_path, store_uri):
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory, migrated_store):
+    """The smoke study swept into a fresh store and reported by ``make report``."""
+    tmp_path = tmp_path_factory.mktemp("report")
+    shutil.copy(migrated_store, tmp_path / "mlflow.db")
+    store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(tmp_path, store_uri) == 0
     done = make_report("smoke", store_uri, tmp_path / "report")
     assert done.returncode == 0, done.stderr
+    return tmp_path, store_uri
+
+
+def test_make_report_writes_a_self_contained_page_and_logs_it(smoke_report):
+    tmp_path, store_uri = smoke_report
     page = (tmp_path / "report" / "index.html").read_text()
     pngs = sorted(p.stem for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["convergence_train", "landscape_gabor_toy_gabor"]
@@ -45,6 +60,51 @@ def test_make_report_writes_a_self_contained_page_and_logs_it(tmp_path, store_ur
 
     files = {f.path for f in MlflowClient(store_uri).list_artifacts(logged.info.run_id, "report")}
     assert {"report/index.html", "report/comparison.md", "report/convergence_train.svg"} <= files
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const ok = [...document.images].every((image) => image.complete && image.naturalWidth > 0);
+  document.body.setAttribute("data-images", ok ? "loaded" : "broken");
+  document.body.setAttribute("data-count", document.images.length);
+});
+</script>"""
+
+
+def open_in_chromium(page: Path) -> tuple[str, str]:
+    """Headless Chromium's DOM after load and its log (console messages appear as CONSOLE)."""
+    command = [
+        CHROMIUM,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return done.stdout, done.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_report_opens_in_chromium_with_every_image_and_no_console_message(smoke_report):
+    """The report carries no script; a copy with a probe appended reports on the images."""
+    folder = smoke_report[0] / "report"
+    probed = folder / "probed.html"
+    probed.write_text((folder / "index.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom, log = open_in_chromium(probed)
+    assert 'data-images="loaded"' in dom and 'data-count="2"' in dom
+    assert "CONSOLE" not in log
+    broken = folder / "broken.html"  # the probe can fail: a missing image and a console error
+    broken.write_text(
+        probed.read_text().replace(
+            "</body>", '<img src="missing.png"><script>console.error("boom")</script></body>'
+        )
+    )
+    dom, log = open_in_chromium(broken)
+    assert 'data-images="broken"' in dom and "CONSOLE" in log
 
 
 def test_the_page_escapes_names_and_values(tmp_path):
