@@ -22,8 +22,9 @@ class Figure:
     caption: str
 
 
-def page(study: str, question: str, summary: str, table: pd.DataFrame, figures, folder: Path):
-    """The HTML text: ``figures`` are Figure records whose PNGs lie in ``folder``."""
+def page(study, question, summary, table: pd.DataFrame, claims, figures, folder: Path):
+    """The HTML text: ``claims`` are Claim records, ``figures`` Figure records whose PNGs lie
+    in ``folder``."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -42,5 +43,6 @@ def page(study: str, question: str, summary: str, table: pd.DataFrame, figures, 
         summary=summary,
         columns=list(table.columns),
         rows=rows,
+        claims=claims,
         figures=embedded,
     )

@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness import studies, tracking
 from harness.config import ConfigError
-from reports import aggregate, figures, render, tables
+from reports import aggregate, claims, figures, render, tables
 from reports.collect import collect
 
 OUTPUT = tracking.project_root() / "outputs" / "reports"
@@ -114,7 +114,8 @@ def build(uri: str | None, study: str, out: Path) -> Path:
     )
     question = studies.available().get(study, "")
     index = out / "index.html"
-    index.write_text(render.page(study, question, summary, table, drawn, out))
+    measured = claims.measure(finished)
+    index.write_text(render.page(study, question, summary, table, measured, drawn, out))
     tracking.log_report(uri, study, out)
     return index
 

@@ -40,12 +40,26 @@ def plot_range(spec: config.RunConfig, runs: pd.DataFrame):
     return tuple(spans)
 
 
+def losses(spec: config.RunConfig, theta: np.ndarray) -> np.ndarray:
+    """The training loss at each row of ``theta`` (N, 2), as one batch of N parameter vectors."""
+    problem = problem_module.build(spec).on(torch.device("cpu"), torch.float64)
+    with torch.no_grad():
+        return problem.evaluate(torch.as_tensor(theta, dtype=torch.float64), "train")[
+            "loss"
+        ].numpy()
+
+
 def loss_grid(spec: config.RunConfig, phi0: np.ndarray, phi1: np.ndarray) -> np.ndarray:
     """The training loss at every (phi0[j], phi1[i]), shape (len(phi1), len(phi0))."""
-    problem = problem_module.build(spec)
     grid0, grid1 = np.meshgrid(phi0, phi1)
-    theta = torch.tensor(np.stack([grid0.ravel(), grid1.ravel()], axis=1), dtype=torch.float64)
-    problem = problem.on(torch.device("cpu"), torch.float64)
-    with torch.no_grad():
-        loss = problem.evaluate(theta, "train")["loss"]
-    return loss.numpy().reshape(grid0.shape)
+    return losses(spec, np.stack([grid0.ravel(), grid1.ravel()], axis=1)).reshape(grid0.shape)
+
+
+def loss_at(spec: config.RunConfig, phi: np.ndarray) -> float:
+    return float(losses(spec, np.asarray(phi, dtype=float).reshape(1, 2))[0])
+
+
+def training_data(spec: config.RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training split's inputs (N, features) and targets (N,)."""
+    data = problem_module.build(spec).data
+    return data.x_train.numpy(), data.y_train.numpy().reshape(len(data.x_train))

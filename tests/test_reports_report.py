@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, runs_in
 
 from harness import sweep
-from reports import render, report
+from reports import claims, render, report
 
 CHROMIUM = shutil.which("chromium")
 
@@ -55,6 +55,9 @@ def test_make_report_writes_a_self_contained_page_and_logs_it(smoke_report):
     table = pd.read_csv(tmp_path / "report" / "comparison.csv")
     assert sorted(table["optimizer"]) == ["adam", "momentum", "nesterov", "sgd"]
     assert all(f"<td>{name}</td>" in page for name in table["optimizer"])
+    assert page.count("not testable here") + page.count("supported") + page.count(
+        "contradicted"
+    ) >= len(claims.CHECKS)
     (logged,) = [r for r in runs_in(store_uri, "smoke") if r.data.tags.get("role") == "report"]
     from mlflow.tracking import MlflowClient
 
@@ -116,11 +119,13 @@ def test_the_page_escapes_names_and_values(tmp_path):
         "q & a",
         "s",
         table,
+        [claims.Claim("<i>c</i>", "m", "supported")],
         [render.Figure("f", "<b>t</b>", "c")],
         tmp_path,
     )
     assert "<script>alert" not in page and "&lt;script&gt;" in page
     assert "<img src=x" not in page and "&lt;b&gt;t&lt;/b&gt;" in page
+    assert "&lt;i&gt;c&lt;/i&gt;" in page
 
 
 def test_an_unknown_study_and_one_without_finished_runs_get_a_message(tmp_path, store_uri, capsys):
