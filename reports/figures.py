@@ -77,28 +77,35 @@ def _problem_panels(table: pd.DataFrame):
     return figure, list(zip(axes, problems, rows, strict=True))
 
 
-def convergence(frame: pd.DataFrame, metric: str = "train_loss", x: str = "step"):
-    """One facet per problem: ``metric`` against ``x`` per variant at its best rate."""
+BAND_LABEL = {"median": "median, IQR over seeds", "mean": "mean, 95% interval over seeds"}
+
+
+def convergence(
+    frame: pd.DataFrame, metric: str = "train_loss", x: str = "step", center: str = "median"
+):
+    """One facet per problem: ``metric`` against ``x`` (step, epoch or seconds) per variant
+    at its best rate, with a band over seeds (``center``: median or mean)."""
     figure, panels = _problem_panels(aggregate.best_runs(frame))
     for axis, problem, part in panels:
-        curves = aggregate.curve_bands(part, ["variant"], metric, x)
+        curves = aggregate.curve_bands(part, ["variant"], metric, x, center)
         for variant, curve in curves.groupby("variant"):
             _band_line(axis, curve[x], curve, variant)
         _log_if_positive(axis, curves["center"])
-        axis.set(title=problem, xlabel=x, ylabel=f"{metric} (median, IQR over seeds)")
+        axis.set(title=problem, xlabel=x, ylabel=f"{metric} ({BAND_LABEL[center]})")
         axis.legend(fontsize="x-small")
     return figure
 
 
-def sensitivity(frame: pd.DataFrame):
-    """One facet per problem: final selection loss against the learning rate per variant."""
+def sensitivity(frame: pd.DataFrame, center: str = "median"):
+    """One facet per problem: final selection loss against the learning rate per variant,
+    with a band over seeds (``center``: median or mean)."""
     figure, panels = _problem_panels(aggregate.selection_finals(frame))
     for axis, problem, part in panels:
         finite = part[np.isfinite(part["score"])]
         lost = part[~np.isfinite(part["score"])]
         colors = {}
         for variant, group in finite.groupby("variant"):
-            curve = aggregate.bands(group, [aggregate.LEARNING_RATE], "score")
+            curve = aggregate.bands(group, [aggregate.LEARNING_RATE], "score", center)
             rates = curve[aggregate.LEARNING_RATE]
             colors[variant] = _band_line(axis, rates, curve, variant, marker="o", markersize=3)
         axis.set_xscale("log")
@@ -117,7 +124,9 @@ def sensitivity(frame: pd.DataFrame):
                 )
             axis.set_ylim(top=top)
         metric = part["metric"].iloc[0]
-        axis.set(title=problem, xlabel="learning rate", ylabel=f"final {metric} (median, IQR)")
+        axis.set(
+            title=problem, xlabel="learning rate", ylabel=f"final {metric} ({BAND_LABEL[center]})"
+        )
         axis.legend(fontsize="x-small")
     return figure
 

@@ -25,24 +25,43 @@ from reports.collect import collect
 OUTPUT = tracking.project_root() / "outputs" / "reports"
 
 
-def plan_figures(frame: pd.DataFrame):
+def plan_figures(frame: pd.DataFrame, center: str = "median"):
     """(name, title, caption, draw) for each figure that applies to the frame."""
+    band = figures.BAND_LABEL[center]
+
+    def convergence(x: str, metric: str = "train_loss"):
+        return lambda: figures.convergence(frame, metric, x, center)
+
     plans = [
         (
             "convergence_train",
             "Convergence",
-            "Training loss against step for each optimizer at "
-            "its best learning rate: median over seeds, band = interquartile range.",
-            lambda: figures.convergence(frame, "train_loss"),
+            f"Training loss against step for each optimizer at its best learning rate ({band}).",
+            convergence("step"),
+        ),
+        (
+            "convergence_seconds",
+            "Convergence in wall time",
+            f"Training loss against seconds since the run started ({band}).",
+            convergence("seconds"),
         ),
     ]
+    if frame["trainer.epochs"].notna().any():
+        plans.append(
+            (
+                "convergence_epoch",
+                "Convergence per epoch",
+                f"Training loss against epoch ({band}).",
+                convergence("epoch"),
+            )
+        )
     if "val_loss" in frame.columns and frame["val_loss"].notna().any():
         plans.append(
             (
                 "convergence_val",
                 "Validation loss",
                 "Validation loss against step at the best learning rate.",
-                lambda: figures.convergence(frame, "val_loss"),
+                convergence("step", "val_loss"),
             )
         )
     labelled = frame.assign(variant=aggregate.variants(frame))
@@ -55,7 +74,7 @@ def plan_figures(frame: pd.DataFrame):
                 "Final selection loss "
                 "against the learning rate (median, IQR over seeds); crosses at the top: "
                 "runs that diverged or failed.",
-                lambda: figures.sensitivity(frame),
+                lambda: figures.sensitivity(frame, center),
             )
         )
     if "phi0" in frame.columns:
@@ -92,7 +111,7 @@ def plan_figures(frame: pd.DataFrame):
     return plans
 
 
-def build(uri: str | None, study: str, out: Path) -> Path:
+def build(uri: str | None, study: str, out: Path, center: str = "median") -> Path:
     """Write the report of ``study`` into ``out``; returns index.html. Raises ConfigError for
     an unknown study or one without finished runs."""
     uri = tracking.resolve_uri(uri)
@@ -101,7 +120,7 @@ def build(uri: str | None, study: str, out: Path) -> Path:
     if finished.empty:
         raise ConfigError("study", study, "has no finished runs yet: run `make sweep` first")
     drawn = []
-    for name, title, caption, draw in plan_figures(finished):
+    for name, title, caption, draw in plan_figures(finished, center):
         figures.save(draw(), out, name)
         drawn.append(render.Figure(name, title, caption))
     table = tables.comparison(finished)
@@ -125,9 +144,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("study", help="the study (its MLflow experiment)")
     parser.add_argument("--uri", help="tracking URI (default: as the runs, mlflow.db)")
     parser.add_argument("--out", type=Path, help="output folder (outputs/reports/<study>)")
+    parser.add_argument(
+        "--center",
+        choices=("median", "mean"),
+        default="median",
+        help="bands over seeds: median with IQR (default) or mean with a 95%% t-interval",
+    )
     args = parser.parse_args(argv)
     try:
-        index = build(args.uri, args.study, args.out or OUTPUT / args.study)
+        index = build(args.uri, args.study, args.out or OUTPUT / args.study, args.center)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -122,3 +122,12 @@ def test_performance_profiles_start_at_the_share_of_wins(frame):
     for line in lines(axis):
         share = (ratios[line.get_label()] <= 1.0).mean()
         assert line.get_ydata()[0] == share and line.get_ydata()[-1] <= 1.0
+
+
+def test_bands_can_be_means_with_their_interval(frame):
+    median = figures.convergence(frame, center="median").axes[0]
+    mean = figures.convergence(frame, center="mean").axes[0]
+    assert "mean, 95% interval" in mean.get_ylabel() and "median, IQR" in median.get_ylabel()
+    assert [line.get_label() for line in lines(mean)] == [
+        line.get_label() for line in lines(median)
+    ]

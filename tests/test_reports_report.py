@@ -49,8 +49,8 @@ def test_make_report_writes_a_self_contained_page_and_logs_it(smoke_report):
     tmp_path, store_uri = smoke_report
     page = (tmp_path / "report" / "index.html").read_text()
     pngs = sorted(p.stem for p in (tmp_path / "report").glob("*.png"))
-    assert pngs == ["convergence_train", "landscape_gabor_toy_gabor"]
-    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 2
+    assert pngs == ["convergence_seconds", "convergence_train", "landscape_gabor_toy_gabor"]
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 3
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     table = pd.read_csv(tmp_path / "report" / "comparison.csv")
     assert sorted(table["optimizer"]) == ["adam", "momentum", "nesterov", "sgd"]
@@ -98,7 +98,7 @@ def test_the_report_opens_in_chromium_with_every_image_and_no_console_message(sm
     probed = folder / "probed.html"
     probed.write_text((folder / "index.html").read_text().replace("</body>", PROBE + "</body>"))
     dom, log = open_in_chromium(probed)
-    assert 'data-images="loaded"' in dom and 'data-count="2"' in dom
+    assert 'data-images="loaded"' in dom and 'data-count="3"' in dom
     assert "CONSOLE" not in log
     broken = folder / "broken.html"  # the probe can fail: a missing image and a console error
     broken.write_text(
