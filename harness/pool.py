@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 STOP_GRACE_SECONDS = 60.0  # how long stopping workers may take to record their runs KILLED
 
@@ -61,15 +61,13 @@ def is_alive(token: str) -> bool:
     return not ticks or _start_ticks(pid) == ticks
 
 
-class Work:
+class Work(Protocol):
     """What a worker does (pickled into each worker): ``run(item)`` returns the item's outcome;
-    ``close()`` at exit."""
+    ``close()`` releases what ``run`` opened, at the worker's exit."""
 
-    def run(self, item: Any) -> Any:
-        raise NotImplementedError
+    def run(self, item: Any) -> Any: ...
 
-    def close(self) -> None:
-        """Release what ``run`` opened."""
+    def close(self) -> None: ...
 
 
 def _interrupt_once(signum: int, frame) -> None:

@@ -207,7 +207,7 @@ def sweep_id(points: Sequence[Point], force: bool) -> str:
 # ----------------------------------------------------------------------------- running
 
 
-class PointWork(pool.Work):
+class PointWork:
     """A worker's job: train and record points, each inside Hydra's ``run_job`` (its output
     folder, logging and saved config), all through one store opened on first use. Pickled
     into each worker; problems are built there, once each. Each worker uses ``threads``
