@@ -114,7 +114,9 @@ class Checker:
 
     @staticmethod
     def problem_key(spec: RunConfig) -> str:
-        parts = {k: config.as_dict(spec)[k] for k in ("dataset", "model", "loss")}
+        """The identity of the point's problem: its dataset, model and loss configs."""
+        tree = config.as_dict(spec)
+        parts = {k: tree[k] for k in ("dataset", "model", "loss")}
         return json.dumps(parts, sort_keys=True, default=str)
 
     def check(self, spec: RunConfig) -> None:
