@@ -164,6 +164,19 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def _reopen_or_create(client: MlflowClient, experiment_id: str, role: str, match: str, name, tags):
+    """The run with tag ``role`` (and matching the filter ``match``), set RUNNING again, or a
+    new one named ``name`` with ``tags``; returns (run id, whether it is new)."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.{ROLE_TAG} = '{role}'{match}", max_results=1
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id, False
+    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: role, **tags})
+    return run.info.run_id, True
+
+
 class Recorder:
     """Performs the MLflow writes of runs named by handles the caller chooses."""
 
@@ -419,24 +432,19 @@ class Ledger:
     def open_sweep(self, sweep_id: str, name: str, params: dict[str, str], tags: dict) -> str:
         """The parent run of sweep ``sweep_id``: the one an earlier attempt left, set RUNNING
         again, or a new one."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.{ROLE_TAG} = 'sweep' and tags.{SWEEP_TAG} = '{sweep_id}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
+        run_id, new = _reopen_or_create(
+            self.client,
             self.experiment_id,
-            run_name=name,
-            tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, **environment_tags(), **tags},
+            "sweep",
+            f" and tags.{SWEEP_TAG} = '{sweep_id}'",
+            name,
+            {SWEEP_TAG: sweep_id, **environment_tags(), **tags},
         )
-        entries = [Param(k, v) for k, v in params.items()]
-        for chunk in _chunks(entries, PARAM_TAG_LIMIT):
-            self.client.log_batch(run.info.run_id, params=chunk)
-        return run.info.run_id
+        if new:
+            entries = [Param(k, v) for k, v in params.items()]
+            for chunk in _chunks(entries, PARAM_TAG_LIMIT):
+                self.client.log_batch(run_id, params=chunk)
+        return run_id
 
     def close_sweep(self, run_id: str, status: str, counts: dict[str, int], note: str) -> None:
         """Record the sweep's outcome counts and its summary (as the run's description)."""
@@ -512,15 +520,7 @@ def log_report(uri: str, experiment: str, folder: Path) -> str:
     replacing an earlier report's files; returns the run id."""
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, uri, experiment)
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.{ROLE_TAG} = 'report'", max_results=1
-    )
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = client.create_run(experiment_id, run_name="report", tags={ROLE_TAG: "report"})
-        run_id = run_id.info.run_id
+    run_id, _ = _reopen_or_create(client, experiment_id, "report", "", "report", {})
     client.log_artifacts(run_id, str(folder), "report")
     client.set_terminated(run_id, "FINISHED")
     return run_id
