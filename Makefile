@@ -11,7 +11,7 @@ PORT ?= 5000
 STORE ?= sqlite:///$(CURDIR)/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep studies report ui test test-all bench lint clean
+.PHONY: help install run sweep studies report ui test test-slow test-all bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000 (PORT=.
 
 test: install ## the default test suite (not the slow tests)
 	$(BIN)/pytest
+
+test-slow: install ## the slow tests only (every job of every study composed two ways, ...)
+	$(BIN)/pytest -m slow
 
 test-all: install ## every test, the slow ones too
 	$(BIN)/pytest -m "slow or not slow"

@@ -1,18 +1,33 @@
-"""``make bench``: the core's speed goals, measured side by side in one process.
+"""``make bench``: the speed goals, measured side by side in one process (CPU, float64).
 
 1. A single MLP-on-digits run (30 epochs, Adam, batch 32) through the harness (engine and
    MLflow tracking into a fresh sqlite store) against a bare torch loop doing the same
    training and the same per-epoch evaluation, with no tracking. Goal: at most 1.15x.
 2. Start-up of ``python -m harness.train`` (imports, composition, store set-up), measured as
    the wall time of a one-step run against an existing store. Goal: under 5 s.
-3. A cohort of 1000 Gabor runs (200 steps, momentum, batch 5; lr x seed), no tracking, against
-   the same runs trained one after another. Goal: at least 50x.
-4. Collecting a 1000-run study with 200-point curves into the report's tidy frame, against
+3. (a) Training alone: the 1000-point Gabor grid of the ``gabor_sgd_grid`` study (10 rates x
+   10 seeds x 10 starts, SGD, batches of 5, 200 steps) as one cohort against the same points
+   one by one (extrapolated from 100). Goal: at least 50x.
+4. Composing a 300-point grid: Hydra's way (every job) against ``harness.compose`` (once per
+   combination of config groups). Goal: at most 1 s.
+5. Tracking per run: the harness's writes of a 200-run cohort (params, curves, end metrics,
+   tags, config artifact) against MLflow's minimum for the same records, ``create_run`` + one
+   ``log_batch`` + ``set_terminated`` per run. Goal: at most 1.3x.
+6. (b) End to end, ``make sweep EXP=gabor_sgd_grid`` into a fresh sqlite store against a plain
+   script (``benchmarks/plain/``: Hydra's basic launcher, one torch.optim training per job,
+   MLflow logging once per run). Goal: at least 5x. With (d) the peak memory of each (all
+   its processes together) and (e) where the sweep's time goes.
+7. (c) End to end, a 64-point MLP-on-digits grid (Adam, 8 rates x 8 seeds, 10 epochs) by the
+   cohort launcher against the harness running one job at a time: Hydra's basic launcher
+   calling ``harness.train`` for each job. Goal: at least 4x. Also against the cohort
+   launcher with ``max_cohort=1`` (the same sweep, cohorts of one).
+8. Collecting a 1000-run study with 200-point curves into the report's tidy frame, against
    ``mlflow.search_runs`` plus one ``get_metric_history`` per run. Goal: at most 10 s.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -21,10 +36,16 @@ import time
 from pathlib import Path
 
 import torch
+from compose_bench import bench_compose
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 
 from harness import config, engine, tracking, train
 from harness import problem as problem_module
+from harness.compose import Composer
 from reports.collect import collect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,27 +139,31 @@ def bench_startup() -> float:
     return statistics.median(times)
 
 
-def bench_cohort(runs_alone: int = 100) -> dict[str, float]:
-    base = [
-        "optimizer=momentum",
-        "optimizer.beta=0.6",
-        "model.envelope=32",
-        "trainer.steps=200",
-        "trainer.batch_size=5",
-        "trainer.device=cpu",
-    ]
-    specs = []
+def gabor_grid() -> list[config.RunConfig]:
+    """The 1000 points of the gabor_sgd_grid study, composed as its sweep composes them."""
+    study = "+experiment=gabor_sgd_grid"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for lr in (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6, 2.0):
-            for seed in range(100):
-                cfg = compose("config", overrides=[*base, f"optimizer.lr={lr}", f"seed={seed}"])
-                specs.append(config.to_spec(cfg))
+        loader = GlobalHydra.instance().hydra.config_loader
+        master = loader.load_configuration("config", [study], RunMode.MULTIRUN)
+        params = master.hydra.sweeper.params
+        arguments = [study] + [f"{key}={value}" for key, value in params.items()]
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+        tasks = Composer(loader, master).jobs(jobs, 0)
+    specs = [config.to_spec(job.task) for job in tasks]
+    for spec in specs:
+        spec.trainer.device = "cpu"
+    return specs
+
+
+def bench_cohort(runs_alone: int = 100) -> dict[str, float]:
+    specs = gabor_grid()
     problem = problem_module.build(specs[0])
     start = time.perf_counter()
     engine.train_cohort(specs, problem)
     cohort_s = time.perf_counter() - start
     start = time.perf_counter()
-    for spec in specs[:runs_alone]:
+    for spec in specs[:: len(specs) // runs_alone]:
         engine.train_cohort([spec], problem)
     alone_s = (time.perf_counter() - start) / runs_alone * len(specs)
     return {
@@ -147,6 +172,151 @@ def bench_cohort(runs_alone: int = 100) -> dict[str, float]:
         "alone_s": alone_s,
         "speedup": alone_s / cohort_s,
     }
+
+
+def bench_tracking(runs: int = 200) -> dict[str, float]:
+    """Seconds per run: the harness's Store against MLflow's minimum, the same records."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    specs = gabor_grid()[:runs]
+    problem = problem_module.build(specs[0])
+    results = engine.train_cohort(specs, problem)
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/tracking.db"
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        store = tracking.Store(uri, "harness")  # creates the schema and the experiment
+        started = time.perf_counter()
+        params = [tracking.run_params(spec) for spec in specs]
+        handles = store.start_runs(specs, [f"run {i}" for i in range(runs)], params, [{}] * runs)
+        store.log_curves(handles, [r.curves for r in results], results[0].seconds_at)
+        recorded = store.finish_runs(handles, results)
+        harness_s = (time.perf_counter() - started) / runs
+        store.close()
+        assert all(r.error is None for r in recorded)
+        one = client.get_run(recorded[0].run_id)
+        metrics = [
+            Metric(key, value, 0, step)
+            for key, (steps, values) in results[0].curves.items()
+            for step, value in zip(steps, values, strict=True)
+        ] + [Metric("wall_seconds", 1.0, 0, 200)]
+        without_name = {k: v for k, v in one.data.tags.items() if k != "mlflow.runName"}
+        experiment = client.create_experiment("minimum")
+        started = time.perf_counter()
+        for index in range(runs):
+            run = client.create_run(experiment, run_name=f"run {index}", tags=without_name)
+            client.log_batch(
+                run.info.run_id,
+                metrics=metrics,
+                params=[Param(k, v) for k, v in params[index].items()],
+                tags=[RunTag("diverged", "false")],
+            )
+            client.set_terminated(run.info.run_id, "FINISHED")
+        minimum_s = (time.perf_counter() - started) / runs
+    return {"metrics": len(metrics), "harness_s": harness_s, "minimum_s": minimum_s}
+
+
+def process_tree_memory(pid: int) -> int:
+    """Proportional set size (PSS) of a process and all its descendants, in bytes (Linux):
+    pages that forked processes share count once in the sum, not once per process."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
+            total += int(rollup.split("\nPss:")[1].split()[0]) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+def measured(command: list[str]) -> dict[str, float]:
+    """Run ``command`` from the project folder: its wall time and the peak memory of all its
+    processes together (sampled every 20 ms)."""
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, process_tree_memory(process.pid))
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        assert process.returncode == 0, log.read().decode()[-3000:]
+    return {"seconds": seconds, "peak_bytes": peak}
+
+
+def sweep_times(uri: str, experiment: str) -> dict[str, float]:
+    """The ``seconds_*`` metrics the sweep recorded on its parent run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    (parent,) = client.search_runs([found.experiment_id], "tags.role = 'sweep'")
+    return {k[len("seconds_") :]: v for k, v in parent.data.metrics.items() if "seconds_" in k}
+
+
+def bench_end_to_end() -> dict[str, dict]:
+    """(b), (d), (e): the gabor_sgd_grid study by ``make sweep`` and by the plain script."""
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/harness.db"
+        harness = measured(
+            [
+                "make",
+                "-s",
+                "sweep",
+                "EXP=gabor_sgd_grid",
+                f"ARGS=tracking.uri={uri} hydra.sweep.dir={folder}/harness",
+            ]
+        )
+        harness["times"] = sweep_times(uri, "gabor_sgd_grid")
+        plain = measured(
+            [
+                sys.executable,
+                "benchmarks/plain/plain_sweep.py",
+                "--multirun",
+                f"tracking_uri=sqlite:///{folder}/plain.db",
+                f"hydra.sweep.dir={folder}/plain",
+            ]
+        )
+    return {"harness": harness, "plain": plain}
+
+
+def bench_mlp_grid() -> dict[str, dict]:
+    """(c): 64 MLP-on-digits points, as cohorts, as cohorts of one (``max_cohort=1``), and
+    by Hydra's basic launcher calling ``harness.train`` for each job in turn."""
+    grid = [
+        "+problem=digits_mlp",
+        "optimizer=adam",
+        "optimizer.lr=1e-4,2.15e-4,4.64e-4,1e-3,2.15e-3,4.64e-3,1e-2,2.15e-2",
+        "seed=range(8)",
+        "trainer.device=cpu",
+    ]
+    ways = {
+        "cohorts": ["harness.sweep", "lr_sensitivity"],
+        "cohorts_of_one": ["harness.sweep", "lr_sensitivity", "hydra.launcher.max_cohort=1"],
+        "basic": [
+            "harness.train",
+            "--multirun",
+            "+experiment=lr_sensitivity",
+            "hydra/launcher=basic",
+        ],
+    }
+    found = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, way in ways.items():
+            command = [
+                sys.executable,
+                "-m",
+                *way,
+                *grid,
+                f"tracking.uri=sqlite:///{folder}/{name}.db",
+                f"hydra.sweep.dir={folder}/{name}",
+            ]
+            found[name] = measured(command)
+    return found
 
 
 def write_study(uri: str, runs: int = 1000, points: int = 200) -> None:
@@ -190,32 +360,100 @@ def bench_collect() -> dict[str, float]:
     return {"harness_s": harness_s, "reference_s": reference_s}
 
 
+def mib(value: float) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
 def main() -> None:
     torch.set_num_threads(1)
     single = bench_single_run()
     startup = bench_startup()
     cohort = bench_cohort()
+    composed = bench_compose(300)
+    tracked = bench_tracking()
     gathered = bench_collect()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    end_to_end = bench_end_to_end()
+    mlp = bench_mlp_grid()
+    ours, plain = end_to_end["harness"], end_to_end["plain"]
+    rows = [
+        (
+            f"MLP on digits, 30 epochs (test acc {single['test_accuracy']:.3f})",
+            f"{single['harness_s']:.3f} s",
+            f"bare torch loop {single['bare_s']:.3f} s",
+            f"{single['ratio']:.2f}x",
+            "<= 1.15x",
+        ),
+        ("start-up of `python -m harness.train` (1 step)", f"{startup:.2f} s", "", "", "< 5 s"),
+        (
+            f"(a) {cohort['runs']} Gabor runs (gabor_sgd_grid) x 200 steps, no tracking",
+            f"cohort {cohort['cohort_s']:.2f} s",
+            f"one by one {cohort['alone_s']:.1f} s (extrapolated from 100)",
+            f"{cohort['speedup']:.0f}x faster",
+            ">= 50x",
+        ),
+        (
+            f"compose a {composed['points']}-point grid ({composed['compositions']} "
+            "group combinations)",
+            f"{composed['composer_s']:.2f} s",
+            f"Hydra, every job {composed['hydra_s']:.1f} s",
+            f"{composed['ratio']:.0f}x faster",
+            "<= 1 s",
+        ),
+        (
+            f"tracking per run ({tracked['metrics']} metric points, 37 params, 15 tags, config)",
+            f"{1000 * tracked['harness_s']:.1f} ms",
+            f"MLflow minimum (create_run + log_batch + set_terminated) "
+            f"{1000 * tracked['minimum_s']:.1f} ms",
+            f"{tracked['harness_s'] / tracked['minimum_s']:.2f}x",
+            "<= 1.3x",
+        ),
+        (
+            "(b) `make sweep EXP=gabor_sgd_grid` (1000 points), fresh sqlite store",
+            f"{ours['seconds']:.1f} s",
+            f"plain Hydra + torch.optim + MLflow script {plain['seconds']:.1f} s",
+            f"{plain['seconds'] / ours['seconds']:.1f}x faster",
+            ">= 5x",
+        ),
+        (
+            "(d) peak memory (PSS) of (b), all processes together",
+            mib(ours["peak_bytes"]),
+            f"plain script {mib(plain['peak_bytes'])}",
+            f"{ours['peak_bytes'] / plain['peak_bytes']:.2f}x",
+            "",
+        ),
+        (
+            "(c) 64-point MLP-on-digits grid, end to end",
+            f"cohorts {mlp['cohorts']['seconds']:.1f} s",
+            f"the harness one job at a time (Hydra's basic launcher, `harness.train` per job) "
+            f"{mlp['basic']['seconds']:.1f} s",
+            f"{mlp['basic']['seconds'] / mlp['cohorts']['seconds']:.1f}x faster",
+            ">= 4x",
+        ),
+        (
+            "(c') the same, against the cohort launcher with `max_cohort=1`",
+            f"cohorts {mlp['cohorts']['seconds']:.1f} s",
+            f"cohorts of one {mlp['cohorts_of_one']['seconds']:.1f} s",
+            f"{mlp['cohorts_of_one']['seconds'] / mlp['cohorts']['seconds']:.1f}x faster",
+            "",
+        ),
+        (
+            "collect a 1000-run study, 200-point curves, into the report frame",
+            f"{gathered['harness_s']:.2f} s",
+            f"search_runs + get_metric_history per run {gathered['reference_s']:.1f} s",
+            f"{gathered['reference_s'] / gathered['harness_s']:.0f}x faster",
+            "<= 10 s",
+        ),
+    ]
     print("| benchmark | harness | reference | ratio | goal |")
     print("|---|---|---|---|---|")
-    print(
-        f"| MLP on digits, 30 epochs (test acc {single['test_accuracy']:.3f}) | "
-        f"{single['harness_s']:.3f} s | bare torch loop {single['bare_s']:.3f} s | "
-        f"{single['ratio']:.2f}x | <= 1.15x |"
-    )
-    print(f"| start-up of `python -m harness.train` (1 step) | {startup:.2f} s | | | < 5 s |")
-    print(
-        f"| {cohort['runs']} Gabor runs x 200 steps, no tracking | "
-        f"cohort {cohort['cohort_s']:.2f} s"
-        f" | one by one {cohort['alone_s']:.1f} s (extrapolated from 100) | "
-        f"{cohort['speedup']:.0f}x faster | >= 50x |"
-    )
-    print(
-        f"| collect a 1000-run study, 200-point curves, into the report frame | "
-        f"{gathered['harness_s']:.2f} s | search_runs + get_metric_history per run "
-        f"{gathered['reference_s']:.1f} s | "
-        f"{gathered['reference_s'] / gathered['harness_s']:.0f}x faster | <= 10 s |"
-    )
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    times = ours["times"]
+    print("\n(e) where the time of (b) goes, in seconds (train and track summed over workers):\n")
+    print("| " + " | ".join(times) + " |")
+    print("|" + "---:|" * len(times))
+    print("| " + " | ".join(f"{v:.2f}" for v in times.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -588,6 +589,12 @@ RUN_IDENTITY_EXCLUDES = ("tracking", "run_name")
 def as_dict(spec: RunConfig) -> dict[str, Any]:
     """The spec as plain nested dicts."""
     return asdict(spec)
+
+
+def yaml_text(tree: dict[str, Any]) -> str:
+    """A config tree as YAML, in its own key order (libyaml's emitter where installed)."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(tree, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 def fingerprint(spec: RunConfig) -> str:

@@ -56,6 +56,7 @@ class RunResult:
     plan: Plan
     device: str
     device_name: str
+    cohort_size: int
 
     @property
     def diverged(self) -> bool:
@@ -107,6 +108,24 @@ def cohort_key(spec: RunConfig) -> str:
         for name in hyperparameters(getattr(spec, group)):
             tree[group].pop(name)
     return repr(sorted((k, repr(v)) for k, v in tree.items()))
+
+
+def run_bytes(spec: RunConfig, problem: Problem) -> int:
+    """An estimate of the memory one run adds to a cohort: its parameters with the rule's state,
+    gradient and update (12 P values), and the activations of a forward pass through the
+    largest batch the run evaluates (3 N A values: the outputs, the loss terms and what
+    autograd keeps; N examples, A values per example)."""
+    itemsize = DTYPES[spec.trainer.dtype].itemsize
+    examples = max(problem.data.sizes.values(), default=1)
+    return itemsize * (12 * problem.model.size + 3 * examples * problem.model.activations)
+
+
+def split_for_memory(runs: int, per_run: int, budget: int) -> list[int]:
+    """Sizes of the pieces a cohort of ``runs`` is trained in so that each fits ``budget``
+    bytes (pieces as equal as can be; at least one run each)."""
+    pieces = max(1, math.ceil(runs * per_run / max(budget, 1)))
+    pieces = min(pieces, runs)
+    return [runs // pieces + (index < runs % pieces) for index in range(pieces)]
 
 
 def stack_hyperparameters(configs: list, device: torch.device, dtype: torch.dtype):
@@ -268,8 +287,9 @@ def train_cohort(
             theta[index].detach().cpu(),
             seconds,
             plan,
-            str(device),
+            devices.label(device),
             device_name,
+            len(specs),
         )
         for index, (run_curves, stop) in enumerate(zip(curves.per_run, diverged_steps, strict=True))
     ]

@@ -60,6 +60,11 @@ class FlatModel:
     def size(self) -> int:
         return sum(math.prod(shape) for shape in self.shapes)
 
+    @property
+    def activations(self) -> int:
+        """Values a forward pass computes per example (what a cohort holds per run)."""
+        return max(getattr(self, "outputs", 1), 1)
+
     def split(self, theta: Tensor) -> list[Tensor]:
         pieces, offset = [], 0
         for shape in self.shapes:
@@ -130,6 +135,10 @@ class Mlp(FlatModel):
     depth: int
     width: int
     activation: str
+
+    @property
+    def activations(self) -> int:
+        return self.depth * self.width + self.outputs
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:

@@ -235,6 +235,11 @@ def check_torch_optimizer(class_name: str, kwargs: dict[str, Any]) -> type:
     return optimizer_class
 
 
+def trains_alone(cfg) -> bool:
+    """Whether the optimizer trains one run at a time (torch.optim pass-through)."""
+    return cfg.name == "torch"
+
+
 def build(cfg) -> Rule:
     """The rule ``cfg`` (an optimizer config) names."""
     builders = {

@@ -1,6 +1,10 @@
-"""Worker processes for a sweep: the sweep process hands each worker one item (a grid point) at
-a time over its own pipe, and the worker answers with the item's outcome; a worker that dies is
-replaced and its item reported lost.
+"""Worker processes for a sweep: the sweep process hands each worker one item (a cohort of grid
+points) at a time over its own pipe, and the worker answers with the item's outcome; a worker
+that dies is replaced and its item reported lost.
+
+Workers run in slots, each with an environment of its own, set in the worker before it does
+anything else: a GPU slot's ``CUDA_VISIBLE_DEVICES`` names its one GPU, set before CUDA starts
+in that process. An item may be pinned to a slot; the others go to whichever slot is free.
 
 Workers are forked from a fork server (multiprocessing's ``forkserver``) that has imported the
 modules they need but never trained anything: a process forked after torch has run parallel
@@ -36,6 +40,16 @@ def _start_ticks(pid: int) -> str:
             return stat.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux; 0 where unknown)."""
+    try:
+        with open("/proc/uptime") as uptime:
+            now = float(uptime.read().split()[0])
+        return max(0.0, now - int(_start_ticks(os.getpid())) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def owner_token(pid: int | None = None) -> str:
@@ -92,7 +106,8 @@ def _orders(pipe: Connection, sweep_pid: int):
         yield order
 
 
-def _worker(work: Work, pipe: Connection, sweep_pid: int) -> None:
+def _worker(work: Work, pipe: Connection, sweep_pid: int, environment: dict[str, str]) -> None:
+    os.environ.update(environment)
     signal.signal(signal.SIGINT, _interrupt_once)
     signal.signal(signal.SIGTERM, _interrupt_once)
     try:
@@ -114,7 +129,8 @@ def _worker(work: Work, pipe: Connection, sweep_pid: int) -> None:
 class _Worker:
     process: Any
     pipe: Connection
-    index: int | None = None  # the point it runs
+    slot: int
+    index: int | None = None  # the item it runs
 
 
 def start_server(preload: list[str]) -> None:
@@ -126,28 +142,37 @@ def start_server(preload: list[str]) -> None:
 
 
 class Pool:
-    """``n_workers`` processes running ``work`` over ``{index: item}``.
+    """Workers running ``work`` over ``{index: item}``, one per slot (``environments``: each
+    slot's environment variables).
 
     ``run`` calls ``on_event(kind, index, payload)`` in this process for each event:
     ``started`` (payload: the worker's pid), ``done`` (the outcome), ``interrupted`` (None),
-    ``lost`` (the worker's exit code, when it died running the point). It returns when every
-    index is done, and raises KeyboardInterrupt, after the workers have stopped, when the sweep
-    was interrupted: by a signal to this process, or to a worker (then this process may not
-    have seen it: a process started with SIGINT ignored keeps ignoring it).
+    ``lost`` (the worker's exit code, when it died running the item). Items in ``pins``
+    (index -> slot) run only in that slot. It returns when every index is done, and raises
+    KeyboardInterrupt, after the workers have stopped, when the sweep was interrupted: by a
+    signal to this process, or to a worker (then this process may not have seen it: a process
+    started with SIGINT ignored keeps ignoring it).
     """
 
-    def __init__(self, n_workers: int, work: Work):
-        self.n_workers = n_workers
+    def __init__(self, environments: list[dict[str, str]], work: Work):
+        self.environments = environments
         self.work = work
         self.context = multiprocessing.get_context("forkserver")
         self.pending: deque[tuple[int, Any]] = deque()
+        self.pins: dict[int, int] = {}
         self.workers: list[_Worker] = []
         self.stopping = False
 
-    def run(self, items: dict[int, Any], on_event: Callable[[str, int, Any], None]) -> None:
-        self.pending = deque(items.items())
-        for _ in range(min(self.n_workers, len(self.pending))):
-            self._spawn()
+    def run(
+        self,
+        items: dict[int, Any],
+        on_event: Callable[[str, int, Any], None],
+        pins: dict[int, int] | None = None,
+    ) -> None:
+        self.pending, self.pins = deque(items.items()), pins or {}
+        for slot in range(len(self.environments)):
+            if self._has_work(slot):
+                self._spawn(slot)
         try:
             self._collect(on_event)
         except KeyboardInterrupt:
@@ -156,21 +181,29 @@ class Pool:
         if self.stopping:
             raise KeyboardInterrupt("a worker was interrupted")
 
-    def _spawn(self) -> None:
+    def _fits(self, index: int, slot: int) -> bool:
+        return self.pins.get(index, slot) == slot
+
+    def _has_work(self, slot: int) -> bool:
+        return any(self._fits(index, slot) for index, _ in self.pending)
+
+    def _spawn(self, slot: int) -> None:
         ours, theirs = self.context.Pipe()
         process = self.context.Process(  # not a daemon: it forks a tracking writer of its own
-            target=_worker, args=(self.work, theirs, os.getpid())
+            target=_worker, args=(self.work, theirs, os.getpid(), self.environments[slot])
         )
         process.start()
         theirs.close()
-        worker = _Worker(process, ours)
+        worker = _Worker(process, ours, slot)
         self.workers.append(worker)
         self._feed(worker)
 
     def _feed(self, worker: _Worker) -> None:
-        """Give the worker its next item, or tell it to stop. An item sent to a worker that
-        has died goes back to the queue (``_collect`` reaps the worker)."""
-        order = self.pending.popleft() if self.pending else None
+        """Give the worker the next item its slot may run, or tell it to stop. An item sent to
+        a worker that has died goes back to the queue (``_collect`` reaps the worker)."""
+        order = next((o for o in self.pending if self._fits(o[0], worker.slot)), None)
+        if order is not None:
+            self.pending.remove(order)
         try:
             worker.pipe.send(order)
         except (BrokenPipeError, EOFError):
@@ -213,8 +246,8 @@ class Pool:
         self.workers.remove(worker)
         if worker.index is not None:
             on_event("lost", worker.index, worker.process.exitcode)
-        if self.pending and not self.stopping:
-            self._spawn()
+        if self._has_work(worker.slot) and not self.stopping:
+            self._spawn(worker.slot)
 
     def _interrupt_all(self) -> None:
         """Hand out no more items and pass the interrupt on to every live worker."""

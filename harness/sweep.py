@@ -1,27 +1,35 @@
-"""A sweep: every grid point of a Hydra multirun validated up front, resumed by fingerprint, run
-on worker processes with failures isolated, and summed up.
+"""A sweep: every grid point of a Hydra multirun validated up front, resumed by fingerprint,
+trained in batched cohorts on worker processes (one per GPU where there are GPUs) with failures
+isolated, and summed up.
 
 ``launch`` (called by the harness launcher with the grid's job overrides) works in five steps:
 
-1. compose and validate every point (spec, data, optimizer, device, store): a bad value stops
-   the sweep before any run exists, with exit status 2;
+1. compose (once per combination of config-group choices, see ``harness.compose``) and
+   validate every point (spec, data, optimizer, device, store): a bad value stops the sweep
+   before any run exists, with exit status 2;
 2. open the study's experiment once (creating the database schema before any worker starts),
    read the runs it holds, and plan: a point whose fingerprint has a FINISHED run is skipped
    (unless ``force``), a run that a dead process left RUNNING is marked KILLED and its point
    redone, a point RUNNING in a live process elsewhere is left to it;
-3. open the sweep's parent run, the same one when an interrupted sweep is run again;
-4. run the points left on ``n_jobs`` workers: a point that raises is recorded FAILED, one
-   that diverges is a result like any other, and neither stops the sweep;
+3. group the points to run into cohorts: points that share dataset, model, loss, optimizer
+   rule, schedule type and trainer shape train as one batch (at most ``max_cohort`` runs,
+   split further to fit the memory budget and to give every worker work); a point whose
+   optimizer is a torch.optim pass-through trains alone. Open the sweep's parent run, the
+   same one when an interrupted sweep is run again;
+4. train the cohorts on the workers: each point is still its own MLflow run, with the params,
+   metrics and tags it has when trained alone. A cohort that raises has its points recorded
+   FAILED; a run that diverges is a result like any other; neither stops the sweep;
 5. mark runs of workers that died, close the parent run and print the summary. The exit status
    is 1 when a run FAILED, 130 when interrupted (Ctrl-C, SIGTERM), else the sweep returns.
+
+Each job still gets its output folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) with its
+config and overrides; Hydra's job callbacks and per-job logging are not run.
 
 ``python -m harness.sweep <study> [overrides]`` runs a study from ``experiments/``.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import json
 import os
@@ -30,12 +38,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
 
-from harness import config, devices, optim, pool, studies, tracking, train
+from harness import compose, config, devices, engine, optim, pool, studies, tracking, train
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
 from harness.problem import Problem
@@ -47,15 +56,25 @@ EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BAD_INPUT = 1, 130, 2
 
 @dataclass
 class Point:
-    """One grid point: its Hydra job number and overrides, its composed config (with the
-    ``hydra`` node, for the job's output folder) and its validated spec."""
+    """One grid point: its Hydra job number and overrides, its composed config (without the
+    ``hydra`` node, unresolved, as YAML), its job's output folder and its validated spec."""
 
     index: int
     overrides: tuple[str, ...]
-    config: DictConfig
+    config_yaml: str
+    job_dir: Path
     spec: RunConfig
     fingerprint: str
     name: str
+
+
+@dataclass
+class Cohort:
+    """Points (positions in the point list) that train together as one batch; ``gpu`` is the
+    index of the GPU they must run on (a device named ``cuda:N``), None for any slot."""
+
+    positions: list[int]
+    gpu: str | None = None
 
 
 @dataclass
@@ -66,6 +85,35 @@ class Outcome:
     run_id: str | None = None
     error: str = ""
     seconds: float = 0.0
+
+
+@dataclass
+class Timing:
+    """Where a sweep's time went, in seconds: ``startup`` (imports and Hydra's start until the
+    launcher runs), ``compose`` (the jobs' configs and folders), ``validate`` (specs, data,
+    devices), ``prepare`` (reading the store, planning, the parent run), and summed over the
+    workers ``train`` (the engine) and ``track`` (MLflow writes that training did not hide,
+    with the job folders), then ``total`` (the sweep process's wall time)."""
+
+    startup: float = 0.0
+    compose: float = 0.0
+    validate: float = 0.0
+    prepare: float = 0.0
+    train: float = 0.0
+    track: float = 0.0
+    total: float = 0.0
+
+    def line(self) -> str:
+        return "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in vars(self).items())
+
+
+@dataclass
+class CohortReport:
+    """What a worker reports for a cohort: an outcome per point, and its time."""
+
+    outcomes: list[Outcome]
+    train_seconds: float
+    track_seconds: float
 
 
 @dataclass
@@ -95,14 +143,6 @@ def point_name(spec: RunConfig, overrides: Sequence[str], axes: set[str]) -> str
         return spec.run_name
     picks = [o for o in overrides if o.partition("=")[0] in axes]
     return " ".join(picks) or train.run_name(spec)
-
-
-def task_config(sweep_config: DictConfig) -> DictConfig:
-    """The run's config: the composed config without Hydra's node."""
-    cfg = copy.deepcopy(sweep_config)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 class Checker:
@@ -135,26 +175,35 @@ class Checker:
 def compose_points(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
-    compose: Callable[[list[str]], DictConfig],
+    composer: compose.Composer,
+    timing: Timing,
 ) -> list[Point]:
     """Compose and validate every job; raises ConfigError naming the first bad point."""
     checker, points, axes = Checker(), [], varying_keys(job_overrides)
-    for offset, overrides in enumerate(job_overrides):
-        index = initial_job_idx + offset
-        sweep_config = compose(list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = index
-            sweep_config.hydra.job.num = index
+    started = time.perf_counter()
+    jobs = composer.jobs(job_overrides, initial_job_idx)
+    job_dirs = [composer.job_dir(job) for job in jobs]
+    timing.compose = time.perf_counter() - started
+    for job, job_dir in zip(jobs, job_dirs, strict=True):
         try:
-            spec = config.to_spec(task_config(sweep_config))
+            spec = config.to_spec(job.task)
             checker.check(spec)
         except ConfigError as error:
-            error.add_note(f"in grid point #{index}: {' '.join(overrides)}")
+            error.add_note(f"in grid point #{job.index}: {' '.join(job.overrides)}")
             raise
-        name = point_name(spec, overrides, axes)
+        name = point_name(spec, job.overrides, axes)
         points.append(
-            Point(index, tuple(overrides), sweep_config, spec, config.fingerprint(spec), name)
+            Point(
+                job.index,
+                tuple(job.overrides),
+                config.yaml_text(OmegaConf.to_container(job.task)),
+                job_dir,
+                spec,
+                config.fingerprint(spec),
+                name,
+            )
         )
+    timing.validate = time.perf_counter() - started - timing.compose
     targets = {(p.spec.tracking.uri, p.spec.tracking.experiment) for p in points}
     if len(targets) > 1:
         raise ConfigError(
@@ -206,79 +255,192 @@ def sweep_id(points: Sequence[Point], force: bool) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------- cohorts
+
+
+def group_key(spec: RunConfig) -> str:
+    """Points with the same key can train as one cohort (see ``engine.cohort_key``); a point
+    whose optimizer trains alone (torch.optim pass-through) gets a key of its own."""
+    if optim.trains_alone(spec.optimizer):
+        return f"alone:{id(spec)}"
+    return engine.cohort_key(spec)
+
+
+def pinned_gpu(spec: RunConfig) -> str | None:
+    """The GPU index a point names (``trainer.device=cuda:N``), else None."""
+    device = spec.trainer.device
+    return device.partition(":")[2] or None if device.startswith("cuda") else None
+
+
+def make_cohorts(
+    points: Sequence[Point], todo: Sequence[int], max_runs: int, workers: int
+) -> list[Cohort]:
+    """Group the points to run into cohorts of at most ``max_runs`` (in grid order), then
+    split the largest until every worker has one (so no worker idles while one trains a
+    large cohort alone)."""
+    groups: dict[tuple, list[int]] = {}
+    for position in todo:
+        spec = points[position].spec
+        groups.setdefault((group_key(spec), pinned_gpu(spec)), []).append(position)
+    cohorts = [
+        Cohort(positions[start : start + max_runs], gpu)
+        for (_, gpu), positions in groups.items()
+        for start in range(0, len(positions), max_runs)
+    ]
+    while len(cohorts) < workers:
+        largest = max(cohorts, key=lambda c: len(c.positions), default=None)
+        if largest is None or len(largest.positions) < 2:
+            break
+        half = len(largest.positions) // 2
+        cohorts.remove(largest)
+        cohorts += [
+            Cohort(largest.positions[:half], largest.gpu),
+            Cohort(largest.positions[half:], largest.gpu),
+        ]
+    return cohorts
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The sweep's workers: one per GPU (``gpus``, their ``CUDA_VISIBLE_DEVICES`` names; slot
+    N owns ``cuda:N``) where the points train on CUDA, else ``cpu_workers`` on the CPU."""
+
+    gpus: tuple[str, ...]
+    cpu_workers: int
+
+    @property
+    def count(self) -> int:
+        return len(self.gpus) or self.cpu_workers
+
+    def environments(self) -> list[dict[str, str]]:
+        gpus = [devices.slot_environment(index, name) for index, name in enumerate(self.gpus)]
+        return gpus or [{}] * self.cpu_workers
+
+
+def plan_slots(points: Sequence[Point], gpus: Sequence[str], n_jobs: int) -> Slots:
+    """GPU slots when some point trains on CUDA (``auto`` or ``cuda[:N]``) and GPUs exist."""
+    on_cuda = any(p.spec.trainer.device in ("auto", "cuda") or pinned_gpu(p.spec) for p in points)
+    return Slots(tuple(gpus), n_jobs) if gpus and on_cuda else Slots((), n_jobs)
+
+
 # ----------------------------------------------------------------------------- running
 
 
-class PointWork:
-    """A worker's job: train and record points, each inside Hydra's ``run_job`` (its output
-    folder, logging and saved config), all through one store opened on first use. Pickled
-    into each worker; problems are built there, once each. Each worker uses ``threads``
-    CPU threads, so that the workers together do not oversubscribe the cores."""
+def write_job_dir(point: Point, output_subdir: str | None) -> None:
+    """The job's output folder, with Hydra's ``<output_subdir>/config.yaml`` (the job's config)
+    and ``overrides.yaml``; the sweep's Hydra config is the sweep folder's multirun.yaml."""
+    point.job_dir.mkdir(parents=True, exist_ok=True)
+    if output_subdir is None:
+        return
+    saved = point.job_dir / output_subdir
+    saved.mkdir(exist_ok=True)
+    (saved / "config.yaml").write_text(point.config_yaml)
+    (saved / "overrides.yaml").write_text(config.yaml_text(list(point.overrides)))
 
-    def __init__(self, hydra_context, tags: dict[str, str], threads: int):
-        self.hydra_context, self.tags, self.threads = hydra_context, tags, threads
+
+class CohortWork:
+    """A worker's job: train cohorts, each run recorded in MLflow as its own run, all through
+    one store opened on first use. Pickled into each worker; problems are built there, once
+    each. A cohort larger than the memory budget (``memory_fraction`` of the free memory of
+    the worker's device, shared by ``sharing`` workers on the host's memory) trains in pieces.
+    Each worker uses ``threads`` CPU threads, so that the workers do not oversubscribe the
+    cores."""
+
+    def __init__(
+        self,
+        tags: dict[str, str],
+        threads: int,
+        memory_fraction: float,
+        sharing: int,
+        output_subdir: str | None,
+    ):
+        self.tags, self.threads, self.output_subdir = tags, threads, output_subdir
+        self.memory_fraction, self.sharing = memory_fraction, sharing
         self.problems: dict[str, Problem] = {}
         self.store: tracking.Store | None = None
 
-    def run(self, point: Point) -> Outcome:
-        setup_globals()  # Hydra's resolvers (${now:...}, ${hydra:...}) in this process
+    def run(self, points: list[Point]) -> CohortReport:
+        started = time.perf_counter()
         torch.set_num_threads(self.threads)
-        returned = run_job(
-            hydra_context=self.hydra_context,
-            task_function=lambda cfg: self.train(point),
-            config=point.config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-        if returned.status == JobStatus.COMPLETED:
-            return returned.return_value
-        error = returned._return_value
-        return Outcome("failed", error=f"{type(error).__name__}: {error}")
-
-    def train(self, point: Point) -> Outcome:
-        spec = point.spec
+        for point in points:
+            write_job_dir(point, self.output_subdir)
+        spec = points[0].spec
         key = Checker.problem_key(spec)
         if key not in self.problems:
             self.problems[key] = problem_module.build(spec)
         if self.store is None:
             self.store = tracking.open_store(spec.tracking)
+        device = devices.resolve(spec.trainer.device, spec.trainer.dtype)
+        fraction = self.memory_fraction / (1 if device.type == "cuda" else self.sharing)
+        budget = devices.memory_budget(device, fraction)
+        sizes = engine.split_for_memory(
+            len(points), engine.run_bytes(spec, self.problems[key]), budget
+        )
+        outcomes, start, train_seconds = [], 0, 0.0
+        for size in sizes:
+            found, seconds = self.train(points[start : start + size], self.problems[key])
+            outcomes, start, train_seconds = outcomes + found, start + size, train_seconds + seconds
+        track_seconds = time.perf_counter() - started - train_seconds
+        return CohortReport(outcomes, train_seconds, track_seconds)
+
+    def train(self, points: list[Point], problem: Problem) -> tuple[list[Outcome], float]:
+        """Train and record ``points`` as one cohort: their outcomes and the engine's time."""
         tags = {**self.tags, tracking.OWNER_TAG: pool.owner_token()}
         started = time.monotonic()
         try:
-            run_id, result = train.train_and_record(
-                spec, self.problems[key], self.store, tags, point.name
+            records = train.record_cohort(
+                [p.spec for p in points], problem, self.store, [p.name for p in points], tags
             )
-        except Exception as error:  # recorded FAILED by train_and_record
+        except Exception as error:  # recorded FAILED by record_cohort
             seconds = time.monotonic() - started
-            return Outcome("failed", None, f"{type(error).__name__}: {error}", seconds)
-        status = "diverged" if result.diverged else "finished"
-        return Outcome(status, run_id, seconds=result.seconds)
+            failed = Outcome("failed", None, f"{type(error).__name__}: {error}", seconds)
+            return [failed] * len(points), seconds
+        return [outcome(r, result) for r, result in records], records[0][1].seconds
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
 
-def run_points(points, plan_, n_jobs, work, progress) -> tuple[dict[int, Outcome], bool]:
-    """Run the plan's points on ``n_jobs`` workers; returns the outcomes by position and
-    whether the sweep was interrupted."""
+def outcome(recorded: tracking.Recorded, result: engine.RunResult) -> Outcome:
+    if recorded.error is not None:
+        return Outcome("failed", recorded.run_id, recorded.error, result.seconds)
+    status = "diverged" if result.diverged else "finished"
+    return Outcome(status, recorded.run_id, seconds=result.seconds)
+
+
+def run_cohorts(
+    points, cohorts, slots: Slots, work, progress, timing: Timing
+) -> tuple[dict[int, Outcome], bool]:
+    """Train the cohorts on the slots' workers; returns the outcomes by position and whether
+    the sweep was interrupted. The workers' time is added to ``timing``."""
     outcomes: dict[int, Outcome] = {}
 
-    def on_event(kind: str, position: int, payload) -> None:
+    def on_event(kind: str, number: int, payload) -> None:
         if kind == "started":
             return
+        positions = cohorts[number].positions
         if kind == "done":
-            outcomes[position] = payload
+            found = dict(zip(positions, payload.outcomes, strict=True))
+            timing.train += payload.train_seconds
+            timing.track += payload.track_seconds
         elif kind == "interrupted":
-            outcomes[position] = Outcome("killed", error="interrupted")
-        elif kind == "lost":
-            outcomes[position] = Outcome("failed", error=f"worker died (exit code {payload})")
-        progress.update(outcomes[position].status, points[position].name)
+            found = {p: Outcome("killed", error="interrupted") for p in positions}
+        else:  # lost
+            failed = Outcome("failed", error=f"worker died (exit code {payload})")
+            found = dict.fromkeys(positions, failed)
+        for position, found_outcome in found.items():
+            outcomes[position] = found_outcome
+            progress.update(found_outcome.status, points[position].name)
 
     previous = signal.signal(signal.SIGTERM, train._interrupt)
     try:
-        todo = {position: points[position] for position in plan_.todo}
-        pool.Pool(min(n_jobs, max(len(todo), 1)), work).run(todo, on_event)
+        items = {
+            number: [points[p] for p in cohort.positions] for number, cohort in enumerate(cohorts)
+        }
+        environments = slots.environments()[: max(len(items), 1)]
+        pins = {n: int(c.gpu) for n, c in enumerate(cohorts) if c.gpu is not None}
+        pool.Pool(environments, work).run(items, on_event, pins)
         return outcomes, False
     except KeyboardInterrupt:
         return outcomes, True
@@ -332,21 +494,47 @@ def summary(title: str, points: Sequence[Point], outcomes: dict[int, Outcome]) -
     return "\n".join(lines)
 
 
-def parent_params(points: Sequence[Point], root: DictConfig, n_jobs: int) -> dict[str, str]:
+def parent_params(points: Sequence[Point], root: DictConfig, options) -> dict[str, str]:
     declared = root.hydra.sweeper.get("params")
     grid = OmegaConf.to_container(declared) if declared else {}
     params = {f"grid.{key.lstrip('+~')}": str(values)[:6000] for key, values in grid.items()}
     params["overrides"] = " ".join(root.hydra.overrides.task)[:6000]
-    params.update({"points": str(len(points)), "n_jobs": str(n_jobs)})
+    params.update({"points": str(len(points)), "n_jobs": str(options.n_jobs)})
+    params.update({"max_cohort": str(options.max_cohort)})
     return params
 
 
-def prepare(job_overrides, initial_job_idx, root: DictConfig, hydra_context, n_jobs: int):
+@dataclass(frozen=True)
+class Options:
+    """The launcher's settings (``hydra.launcher.*``)."""
+
+    n_jobs: int = 1  # CPU workers; where points train on CUDA, one worker per GPU instead
+    force: bool = False  # rerun points already recorded
+    max_cohort: int = 1000  # most runs trained as one batch; 1 trains one job at a time
+    memory_fraction: float = 0.5  # of the free memory a worker's cohorts may take
+
+    def check(self) -> None:
+        if self.n_jobs < 1:
+            raise ConfigError("hydra.launcher.n_jobs", self.n_jobs, "expected an integer >= 1")
+        if self.max_cohort < 1:
+            raise ConfigError(
+                "hydra.launcher.max_cohort", self.max_cohort, "expected an integer >= 1"
+            )
+        if not 0 < self.memory_fraction <= 1:
+            raise ConfigError(
+                "hydra.launcher.memory_fraction",
+                self.memory_fraction,
+                "expected a number in (0, 1]",
+            )
+
+
+def prepare(
+    job_overrides, initial_job_idx, root: DictConfig, hydra_context, options: Options, timing
+):
     """Compose and validate the grid and open its experiment; raises ConfigError."""
-    if n_jobs < 1:
-        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "expected an integer >= 1")
-    compose = functools.partial(hydra_context.config_loader.load_sweep_config, root)
-    points = compose_points(job_overrides, initial_job_idx, compose)
+    options.check()
+    composer = compose.Composer(hydra_context.config_loader, root)
+    points = compose_points(job_overrides, initial_job_idx, composer, timing)
     target = points[0].spec.tracking
     uri = tracking.resolve_uri(target.uri)
     tracking.check_uri(uri)
@@ -358,22 +546,27 @@ def launch(
     initial_job_idx: int,
     root: DictConfig,
     hydra_context,
-    n_jobs: int,
-    force: bool,
+    options: Options,
 ) -> list[JobReturn]:
     """Run the grid; see the module's docstring. Exits through SystemExit unless all went well."""
     started = time.monotonic()
+    timing = Timing(startup=pool.process_age())
     pool.start_server(["harness.train"])  # gets ready while the grid is composed
     try:
-        points, ledger = prepare(job_overrides, initial_job_idx, root, hydra_context, n_jobs)
+        points, ledger = prepare(
+            job_overrides, initial_job_idx, root, hydra_context, options, timing
+        )
         records = ledger.grid_runs()
-        plan_ = plan(points, records, force, pool.is_alive)
+        plan_ = plan(points, records, options.force, pool.is_alive)
         for record in plan_.stale:
             ledger.mark(record.run_id, "KILLED", "left RUNNING by a process that died; redone")
         study = root.hydra.runtime.choices.get("experiment") or points[0].spec.tracking.experiment
-        identity = sweep_id(points, force)
-        name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, n_jobs)
+        identity = sweep_id(points, options.force)
+        slots = plan_slots(points, devices.gpu_ids(), options.n_jobs)
+        cohorts = make_cohorts(points, plan_.todo, options.max_cohort, slots.count)
+        name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, options)
         parent = ledger.open_sweep(identity, name, params, {"study": study})
+        timing.prepare = time.monotonic() - started - timing.compose - timing.validate
     except ConfigError as error:
         notes = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
         print(f"error: {error}{notes}", file=sys.stderr)
@@ -381,17 +574,20 @@ def launch(
     except KeyboardInterrupt:
         print("interrupted while preparing the sweep: no run was started", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    where = f"GPUs {', '.join(slots.gpus)}" if slots.gpus else f"{slots.count} CPU worker(s)"
     print(
         f"sweep {study!r}: {len(points)} points, {len(plan_.skipped)} skipped "
-        f"(already recorded or duplicates), {len(plan_.todo)} to run on {n_jobs} worker(s); "
-        f"store {ledger.uri}, experiment {points[0].spec.tracking.experiment!r}, "
-        f"parent run {parent}",
+        f"(already recorded or duplicates), {len(plan_.todo)} to run in {len(cohorts)} "
+        f"cohort(s) on {where}; store {ledger.uri}, experiment "
+        f"{points[0].spec.tracking.experiment!r}, parent run {parent}",
         flush=True,
     )
     tags = {tracking.PARENT_TAG: parent, tracking.SWEEP_TAG: identity}
-    threads = max(1, len(os.sched_getaffinity(0)) // n_jobs)
-    work = PointWork(hydra_context, tags, threads)
-    outcomes, interrupted = run_points(points, plan_, n_jobs, work, Progress(len(plan_.todo)))
+    threads = max(1, len(os.sched_getaffinity(0)) // slots.count)
+    work = CohortWork(tags, threads, options.memory_fraction, slots.count, root.hydra.output_subdir)
+    outcomes, interrupted = run_cohorts(
+        points, cohorts, slots, work, Progress(len(plan_.todo)), timing
+    )
     outcomes.update(plan_.skipped)
 
     settle(points, outcomes, ledger, known={r.run_id for r in records})
@@ -401,8 +597,12 @@ def launch(
         f"Sweep {identity} of study {study!r} ({status.lower()}): {len(points)} points in "
         f"{time.monotonic() - started:.1f} s"
     )
-    table = summary(title, points, outcomes)
-    ledger.close_sweep(parent, status, counts(list(outcomes.values()), len(points)), table)
+    timing.total = time.monotonic() - started + timing.startup
+    table = summary(title, points, outcomes) + "\n\n" + timing.line()
+    tallies = counts(list(outcomes.values()), len(points))
+    ledger.close_sweep(
+        parent, status, tallies, {f"seconds_{k}": v for k, v in vars(timing).items()}, table
+    )
     print(table, flush=True)
     if interrupted:
         raise SystemExit(EXIT_INTERRUPTED)

@@ -6,8 +6,11 @@ fingerprint, the divergence flag, the device, library versions and the git commi
 resolved config is an artifact. A run that raises is recorded FAILED (KILLED on Ctrl-C) with
 its error, never left RUNNING.
 
-The writes run in a forked writer process (where the platform forks), so they overlap
-training; ``finish`` and ``fail`` return only once everything queued for the run is written.
+Every call takes a cohort of runs, and their writes are batched: runs are created one by one,
+then params, curves, end-of-run metrics, tags and statuses of the whole cohort go in one
+transaction on a database store (sqlite, PostgreSQL, MySQL). The writes run in a forked writer
+process (where the platform forks), so they overlap training; ``finish_runs`` and ``fail_runs``
+return only once everything queued for the runs is written.
 """
 
 from __future__ import annotations
@@ -22,22 +25,33 @@ import queue
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import traceback
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-from omegaconf import OmegaConf
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import _validate_metric
 
-from harness.config import ConfigError, RunConfig, TrackingConfig, as_dict, fingerprint, flatten
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    TrackingConfig,
+    as_dict,
+    fingerprint,
+    flatten,
+    yaml_text,
+)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
@@ -47,6 +61,9 @@ PARENT_TAG = "mlflow.parentRunId"  # how the MLflow UI nests a sweep's runs unde
 SWEEP_TAG = "sweep_id"
 ROLE_TAG = "role"  # "sweep" on a sweep's parent run; grid points carry no role
 OWNER_TAG = "owner"  # the process that writes the run: host:pid:start time
+SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
+ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
+FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
 
 
 def project_root() -> Path:
@@ -177,65 +194,358 @@ def _reopen_or_create(client: MlflowClient, experiment_id: str, role: str, match
     return run.info.run_id, True
 
 
-class Recorder:
-    """Performs the MLflow writes of runs named by handles the caller chooses."""
+@dataclass
+class NewRun:
+    """A run to create: its name, tags, params (strings) and resolved config (the artifact)."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        self.runs: dict[str, tuple[str, int]] = {}  # handle -> (run id, start in ms)
+    name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    config: dict
 
-    def experiment(self, name: str) -> str:
-        return _experiment_id(self.client, self.uri, name)
 
-    def start(self, handle, experiment_id, name, tags, params, config: dict) -> None:
-        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
-        self.runs[handle] = (run.info.run_id, run.info.start_time)
-        entries = [Param(k, v) for k, v in params.items()]
-        for chunk in _chunks(entries, PARAM_TAG_LIMIT):
-            self.client.log_batch(run.info.run_id, params=chunk)
-        config_text = OmegaConf.to_yaml(OmegaConf.create(config))
-        self.client.log_text(run.info.run_id, config_text, "config.yaml")
+@dataclass(frozen=True)
+class CreatedRun:
+    run_id: str
+    start_ms: int
+    artifact_uri: str
 
-    def curves(self, handle, chunk: dict, seconds_at: dict[int, float]) -> None:
-        """Write ``{metric: (steps, values)}``, timestamped at the run's start plus seconds_at."""
-        run_id, start_ms = self.runs[handle]
-        metrics = [
-            Metric(name, value, start_ms + int(1000 * seconds_at.get(step, 0.0)), step)
-            for name, (steps, values) in chunk.items()
-            for step, value in zip(steps, values, strict=True)
-        ]
-        for batch in _chunks(metrics, BATCH_LIMIT):
-            self.client.log_batch(run_id, metrics=batch)
 
-    def finish(self, handle, summary: dict[str, tuple[float, int]], tags: dict[str, str]) -> str:
-        run_id, start_ms = self.runs.pop(handle)
-        metrics = [Metric(k, value, start_ms, step) for k, (value, step) in summary.items()]
-        with self._failed_on_error(run_id):
-            self.client.log_batch(
-                run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+# A stretch of one metric's curve: (key, steps, values, timestamps in ms), lists of equal length
+Series = tuple[str, list[int], list[float], list[int]]
+
+
+@dataclass
+class Writes:
+    """One batch of writes, by MLflow run id: metrics and tags to add, and the runs to end
+    (status, end time in ms)."""
+
+    metrics: dict[str, list[Series]] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    ended: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+class DatabaseWrites:
+    """Creates and writes many runs per transaction on a database store, leaving the tables as
+    MLflow's own ``create_run``, ``log_batch`` and ``set_terminated`` would: run rows (with the
+    ``mlflow.runName`` tag and user "unknown", as the client's ``create_run``), metric rows
+    (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the latest value per
+    run and metric by (step, timestamp, value), params, tags (replacing a tag of the same key)
+    and run status. The client needs four or more transactions per run; a cohort needs two
+    here (tests/test_tracking.py checks both leave the same records)."""
+
+    def __init__(self, store, client: MlflowClient):
+        from mlflow.store.tracking.dbmodels.models import (
+            SqlLatestMetric,
+            SqlMetric,
+            SqlParam,
+            SqlRun,
+            SqlTag,
+        )
+
+        self.store, self.client = store, client
+        self.metrics, self.latest = SqlMetric.__table__, SqlLatestMetric.__table__
+        self.params, self.tags, self.runs = SqlParam.__table__, SqlTag.__table__, SqlRun.__table__
+        self.artifact_roots: dict[str, str] = {}
+
+    def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
+        if experiment_id not in self.artifact_roots:
+            found = self.client.get_experiment(experiment_id)
+            if found.lifecycle_stage != "active":
+                raise MlflowException(f"experiment {found.name!r} is deleted")
+            self.artifact_roots[experiment_id] = found.artifact_location
+        now, created, rows, params, tags = int(1000 * time.time()), [], [], [], []
+        for new in new_runs:
+            run_id = uuid.uuid4().hex
+            artifact_uri = append_to_uri_path(
+                self.artifact_roots[experiment_id], run_id, "artifacts"
             )
-        self.client.set_terminated(run_id, "FINISHED")
-        return run_id
+            created.append(CreatedRun(run_id, now, artifact_uri))
+            rows.append(
+                (
+                    run_id,
+                    new.name,
+                    "UNKNOWN",
+                    "",
+                    "",
+                    new.tags.get("mlflow.user", "unknown"),
+                    "RUNNING",
+                    now,
+                    None,
+                    None,
+                    "",
+                    "active",
+                    artifact_uri,
+                    int(experiment_id),
+                )
+            )
+            params += [(run_id, key, value) for key, value in new.params.items()]
+            tags += [(run_id, k, v) for k, v in {"mlflow.runName": new.name, **new.tags}.items()]
+        columns = (
+            "run_uuid",
+            "name",
+            "source_type",
+            "source_name",
+            "entry_point_name",
+            "user_id",
+            "status",
+            "start_time",
+            "end_time",
+            "deleted_time",
+            "source_version",
+            "lifecycle_stage",
+            "artifact_uri",
+            "experiment_id",
+        )
+        with self._transaction() as connection:
+            self._insert(connection, self.runs, columns, rows)
+            self._insert(connection, self.params, ("run_uuid", "key", "value"), params)
+            self._insert(connection, self.tags, ("run_uuid", "key", "value"), tags)
+        return created
 
-    def fail(self, handle, status: str, message: str, text: str) -> str | None:
-        if handle not in self.runs:  # the run was never created
-            return None
-        run_id, _ = self.runs.pop(handle)
-        tags = [RunTag("error", message), RunTag("mlflow.note.content", text)]
-        with self._failed_on_error(run_id, status):
-            self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, status)
-        return run_id
+    def write(self, batch: Writes) -> None:
+        from sqlalchemy import bindparam, update
+
+        tag_rows = [
+            (run, key, value) for run, tags in batch.tags.items() for key, value in tags.items()
+        ]
+        metric_columns = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
+        with self._transaction() as connection:
+            for runs in self._slices(batch.metrics):  # rows for a slice of runs at a time
+                metric_rows = self._metric_rows({run: batch.metrics[run] for run in runs})
+                if metric_rows:
+                    self._insert(connection, self.metrics, metric_columns, metric_rows)
+                    newer = self._newer_latest(connection, metric_rows)
+                    self._replace(connection, self.latest, metric_columns, newer)
+            self._replace(connection, self.tags, ("run_uuid", "key", "value"), tag_rows)
+            if batch.ended:
+                statement = (
+                    update(self.runs)
+                    .where(self.runs.c.run_uuid == bindparam("run"))
+                    .values(status=bindparam("new_status"), end_time=bindparam("new_end"))
+                )
+                ended = [
+                    {"run": run, "new_status": status, "new_end": end}
+                    for run, (status, end) in batch.ended.items()
+                ]
+                connection.execute(statement, ended)
 
     @contextlib.contextmanager
-    def _failed_on_error(self, run_id: str, status: str = "FAILED"):
-        """If the writes inside raise, still end the run (``status``), then re-raise."""
+    def _transaction(self):
+        """A connection in a transaction; sqlite gets a page cache large enough to keep the
+        metric indexes in memory while a cohort's rows go in (a quarter less time)."""
+        with self.store.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            yield connection
+
+    @staticmethod
+    def _slices(metrics: dict[str, list[Series]]):
+        """The runs in groups of about ``ROWS_PER_INSERT`` metric points, so the rows of a
+        large cohort are never all in memory at once."""
+        group, count = [], 0
+        for run, series in metrics.items():
+            group.append(run)
+            count += sum(len(steps) for _, steps, _, _ in series)
+            if count >= ROWS_PER_INSERT:
+                yield group
+                group, count = [], 0
+        if group:
+            yield group
+
+    def _metric_rows(self, metrics: dict[str, list[Series]]) -> list[tuple]:
+        rows, checked = [], set()
+        sanitize = self.store.sanitize_metric_value
+        for run, series in metrics.items():
+            for key, steps, values, stamps in series:
+                if key not in checked and steps:  # the key's name; values are the engine's
+                    _validate_metric(key, values[0], stamps[0], steps[0])
+                    checked.add(key)
+                for step, value, stamp in zip(steps, values, stamps, strict=True):
+                    is_nan, value = sanitize(float(value))
+                    rows.append((run, key, value, stamp, step, is_nan))
+        return rows
+
+    def _newer_latest(self, connection, rows: list[tuple]) -> list[tuple]:
+        """The rows that become the latest value of their (run, metric): the largest
+        (step, timestamp, value), against those already stored."""
+        from sqlalchemy import select
+
+        def order(row):  # (step, timestamp, value) of (run, key, value, timestamp, step, ...)
+            return row[4], row[3], row[2]
+
+        best: dict[tuple[str, str], tuple] = {}
+        for row in rows:
+            if row[:2] not in best or order(row) > order(best[row[:2]]):
+                best[row[:2]] = row
+        runs = sorted({run for run, _ in best})
+        latest = self.latest.c
+        for start in range(0, len(runs), 500):
+            found = connection.execute(
+                select(
+                    latest.run_uuid, latest.key, latest.step, latest.timestamp, latest.value
+                ).where(latest.run_uuid.in_(runs[start : start + 500]))
+            )
+            for run, key, step, timestamp, value in found:
+                new = best.get((run, key))
+                if new is not None and (step, timestamp, value) >= order(new):
+                    del best[(run, key)]
+        return list(best.values())
+
+    @staticmethod
+    def _insert(connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert ``rows`` (tuples in ``columns`` order) with one DB-API executemany: the
+        statement is compiled once by SQLAlchemy for the store's dialect."""
+        from sqlalchemy import insert
+
+        if not rows:
+            return
+        compiled = (
+            insert(table).values({c: None for c in columns}).compile(dialect=connection.dialect)
+        )
+        if compiled.positional:
+            order = [columns.index(name) for name in compiled.positiontup]
+            parameters = [tuple(row[i] for i in order) for row in rows]
+        else:
+            parameters = [dict(zip(columns, row, strict=True)) for row in rows]
+        connection.exec_driver_sql(str(compiled), parameters)
+
+    def _replace(self, connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert ``rows``, first deleting the rows with the same (run, key)."""
+        from sqlalchemy import and_, bindparam, delete
+
+        if not rows:
+            return
+        same = and_(table.c.run_uuid == bindparam("run"), table.c.key == bindparam("name"))
+        connection.execute(delete(table).where(same), [{"run": r[0], "name": r[1]} for r in rows])
+        self._insert(connection, table, columns, rows)
+
+
+class ClientWrites:
+    """Creates and writes runs through MLflow's client, run by run (stores that are not
+    databases, such as an MLflow server): ``create_run``, ``log_batch`` (which splits to
+    MLflow's limits), ``set_terminated``."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+
+    def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
+        created = []
+        for new in new_runs:
+            run = self.client.create_run(experiment_id, run_name=new.name, tags=new.tags)
+            params = [Param(k, v) for k, v in new.params.items()]
+            self.client.log_batch(run.info.run_id, params=params)
+            created.append(CreatedRun(run.info.run_id, run.info.start_time, run.info.artifact_uri))
+        return created
+
+    def write(self, batch: Writes) -> None:
+        for run in {*batch.metrics, *batch.tags, *batch.ended}:
+            self.client.log_batch(
+                run,
+                metrics=[
+                    Metric(key, value, stamp, step)
+                    for key, steps, values, stamps in batch.metrics.get(run, [])
+                    for step, value, stamp in zip(steps, values, stamps, strict=True)
+                ],
+                tags=[RunTag(k, v) for k, v in batch.tags.get(run, {}).items()],
+            )
+            if run in batch.ended:
+                status, end = batch.ended[run]
+                self.client.set_terminated(run, status, end)
+
+
+@dataclass
+class _OpenRun:
+    run_id: str
+    start_ms: int
+    pending: list[Series] = field(default_factory=list)  # curves not written yet
+
+
+class Recorder:
+    """Performs the MLflow writes of runs named by handles the caller chooses, many runs at a
+    time: runs are created with their params, then their curves are held until they end (or
+    every ``flush_seconds`` while they train, so long runs show their curves live) and written
+    with the end-of-run metrics, tags and status. On a database store each step is one
+    transaction for all the runs (``bulk``); elsewhere MLflow's client writes run by run."""
+
+    def __init__(self, uri: str, flush_seconds: float = FLUSH_SECONDS, bulk: bool = True):
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        self.client = MlflowClient(tracking_uri=uri)
+        store = self.client._tracking_client.store
+        database = bulk and isinstance(store, SqlAlchemyStore)
+        self.writes = DatabaseWrites(store, self.client) if database else ClientWrites(self.client)
+        self.flush_seconds = flush_seconds
+        self.runs: dict[str, _OpenRun] = {}
+        self.last_flush = time.monotonic()
+
+    def experiment(self, handles, name: str) -> str:
+        return _experiment_id(self.client, self.client.tracking_uri, name)
+
+    def start(self, handles: list[str], experiment_id: str, new_runs: list[NewRun]) -> None:
+        created = self.writes.create(experiment_id, new_runs)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "config.yaml"
+            for handle, new, run in zip(handles, new_runs, created, strict=True):
+                self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
+                path.write_text(yaml_text(new.config))
+                get_artifact_repository(run.artifact_uri).log_artifact(str(path))
+
+    def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
+        """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus
+        seconds_at; write all held points when ``flush_seconds`` have passed."""
+        offsets = {step: int(1000 * seconds) for step, seconds in seconds_at.items()}
+        for handle, chunk in zip(handles, chunks, strict=True):
+            run = self.runs[handle]
+            for name, (steps, values) in chunk.items():
+                if len(steps) != len(values):
+                    raise ValueError(f"{name}: {len(steps)} steps but {len(values)} values")
+                stamps = [run.start_ms + offsets.get(step, 0) for step in steps]
+                run.pending.append((name, steps, values, stamps))
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            batch = Writes()
+            for run in self.runs.values():
+                batch.metrics[run.run_id], run.pending = run.pending, []
+            self._write(batch, list(self.runs))
+
+    def finish(self, handles: list[str], summaries: list[dict], tags: list[dict]) -> list[str]:
+        """Write the held curves, the end-of-run metrics ``{name: (value, step)}`` and tags,
+        and mark the runs FINISHED."""
+        batch, now = Writes(), int(1000 * time.time())
+        for handle, summary, run_tags in zip(handles, summaries, tags, strict=True):
+            run = self.runs[handle]
+            ends = [
+                (key, [step], [value], [run.start_ms]) for key, (value, step) in summary.items()
+            ]
+            batch.metrics[run.run_id] = run.pending + ends
+            batch.tags[run.run_id] = run_tags
+            batch.ended[run.run_id] = ("FINISHED", now)
+        self._write(batch, handles)
+        return [self.runs.pop(handle).run_id for handle in handles]
+
+    def fail(self, handles: list[str], status: str, message: str, text: str) -> list[str]:
+        """Write the held curves and the error, and end the runs with ``status``."""
+        handles = [h for h in handles if h in self.runs]  # runs never created are skipped
+        batch, now = Writes(), int(1000 * time.time())
+        for handle in handles:
+            run = self.runs[handle]
+            batch.metrics[run.run_id] = run.pending
+            batch.tags[run.run_id] = {"error": message, "mlflow.note.content": text}
+            batch.ended[run.run_id] = (status, now)
+        self._write(batch, handles, status)
+        return [self.runs.pop(handle).run_id for handle in handles]
+
+    def _write(self, batch: Writes, handles: list[str], status: str = "FAILED") -> None:
+        """Write ``batch``; if that raises, still end the runs (``status``), then re-raise."""
         try:
-            yield
+            self.writes.write(batch)
         except Exception:
-            self.client.set_terminated(run_id, status)
+            for handle in handles:
+                run = self.runs.pop(handle)
+                self.client.set_terminated(run.run_id, status)
             raise
+        finally:
+            self.last_flush = time.monotonic()
 
 
 def _messages(inbox, parent: int):
@@ -252,54 +562,65 @@ def _messages(inbox, parent: int):
         yield message
 
 
-def _serve(uri: str, inbox, outbox, parent: int) -> None:
-    """The writer process: run Recorder calls in order; reply where asked, with the first
-    error met for that handle. A run whose writes failed is finished as FAILED. Ctrl-C is left
-    to the parent, which records KILLED."""
+def _serve(uri: str, inbox, outbox, parent: int, options: dict) -> None:
+    """The writer process: run Recorder calls in order; reply where asked, with the errors met
+    for the call's handles. A run whose writes failed is ended FAILED at its finish. Ctrl-C is
+    left to the parent, which records KILLED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Forget stores inherited from the parent: their sqlite connections must not be shared.
     _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
     recorder, errors = None, {}
-    for method, handle, args, reply in _messages(inbox, parent):
+    for method, handles, args, reply in _messages(inbox, parent):
         result = None
         try:
-            recorder = recorder or Recorder(uri)
-            if method == "finish" and handle in errors:
-                result = recorder.fail(handle, "FAILED", errors[handle], errors[handle])
-            else:
-                result = getattr(recorder, method)(handle, *args)
-        except Exception as error:  # reported to the parent at the run's finish or fail
-            errors.setdefault(handle, f"{type(error).__name__}: {error}")
+            recorder = recorder or Recorder(uri, **options)
+            result = _perform(recorder, method, handles, args, errors)
+        except Exception as error:  # reported to the parent at the runs' finish or fail
+            for handle in handles:
+                errors.setdefault(handle, f"{type(error).__name__}: {error}")
         if reply:
-            outbox.put((result, errors.pop(handle, None)))
+            outbox.put((result, {h: errors.pop(h) for h in handles if h in errors}))
+
+
+def _perform(recorder: Recorder, method: str, handles: list[str], args: tuple, errors: dict):
+    """A Recorder call; at ``finish``, runs with an earlier error are ended FAILED instead."""
+    if method != "finish" or not any(h in errors for h in handles):
+        return getattr(recorder, method)(handles, *args)
+    failed = [h for h in handles if h in errors]
+    for handle in failed:
+        recorder.fail([handle], "FAILED", errors[handle], errors[handle])
+    fine = [i for i, h in enumerate(handles) if h not in errors]
+    summaries, tags = args
+    done = recorder.finish(
+        [handles[i] for i in fine], [summaries[i] for i in fine], [tags[i] for i in fine]
+    )
+    run_ids = dict(zip([handles[i] for i in fine], done, strict=True))
+    return [run_ids.get(handle) for handle in handles]
 
 
 class Writer:
     """Recorder calls in a forked process, so MLflow's writes overlap training; calls that
     ask for a reply wait until that call and all before it are done."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, **options):
         context = multiprocessing.get_context("fork")
         self.inbox, self.outbox = context.Queue(), context.Queue()
         self.process = context.Process(
-            target=_serve, args=(uri, self.inbox, self.outbox, os.getpid()), daemon=True
+            target=_serve, args=(uri, self.inbox, self.outbox, os.getpid(), options), daemon=True
         )
         self.process.start()
 
-    def call(self, method: str, handle: str, *args, reply: bool = False):
-        self.inbox.put((method, handle, args, reply))
+    def call(self, method: str, handles: list[str], *args, reply: bool = False):
+        """Queue the call; with ``reply``, wait and return (result, errors by handle)."""
+        self.inbox.put((method, handles, args, reply))
         if not reply:
             return None
         while True:
             try:
-                result, error = self.outbox.get(timeout=1.0)
-                break
+                return self.outbox.get(timeout=1.0)
             except queue.Empty:
                 if not self.process.is_alive():
                     raise TrackingError("the tracking writer process died") from None
-        if error is not None:
-            raise TrackingError(error)
-        return result
 
     def close(self) -> None:
         self.inbox.put(None)
@@ -309,71 +630,114 @@ class Writer:
 class InlineWriter:
     """Recorder calls in this process (where fork is not available)."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
+    def __init__(self, uri: str, **options):
+        self.uri, self.options = uri, options
         self.recorder: Recorder | None = None
+        self.errors: dict[str, str] = {}
 
-    def call(self, method: str, handle: str, *args, reply: bool = False):
+    def call(self, method: str, handles: list[str], *args, reply: bool = False):
+        result = None
         try:
-            self.recorder = self.recorder or Recorder(self.uri)
-            return getattr(self.recorder, method)(handle, *args)
+            self.recorder = self.recorder or Recorder(self.uri, **self.options)
+            result = _perform(self.recorder, method, handles, args, self.errors)
         except Exception as error:
-            raise TrackingError(f"{type(error).__name__}: {error}") from error
+            for handle in handles:
+                self.errors.setdefault(handle, f"{type(error).__name__}: {error}")
+        if reply:
+            return result, {h: self.errors.pop(h) for h in handles if h in self.errors}
+        return None
 
     def close(self) -> None:
         """Nothing runs in the background."""
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What became of a run's record: its MLflow run id (None if it was never created) and
+    the error that stopped its writes, if any."""
+
+    run_id: str | None
+    error: str | None = None
+
+
 class Store:
     """An MLflow store and one experiment in it; runs are written through a writer, in a
     forked process where the platform can fork (``background``), else in this one. Only the
-    writer connects to the store, so no database connection crosses a fork."""
+    writer connects to the store, so no database connection crosses a fork. Every call takes
+    a list of runs (a cohort): their writes are batched. ``options`` go to the Recorder."""
 
-    def __init__(self, uri: str, experiment: str, background: bool = True):
+    def __init__(self, uri: str, experiment: str, background: bool = True, **options):
         self.uri = uri
         forks = background and "fork" in multiprocessing.get_all_start_methods()
-        self.writer = Writer(uri) if forks else InlineWriter(uri)
+        self.writer = Writer(uri, **options) if forks else InlineWriter(uri, **options)
         try:
-            self.experiment_id = self.writer.call("experiment", experiment, reply=True)
+            self.experiment_id = self._reply("experiment", ["experiment"], experiment)
         except BaseException:
             self.close()
             raise
 
-    def start_run(
-        self, spec: RunConfig, name: str, params: dict[str, str], tags: dict[str, str]
-    ) -> str:
-        """Create the run (RUNNING) with its params, tags and config artifact; returns the
-        handle that names it in the other calls."""
-        handle = uuid.uuid4().hex
-        all_tags = {"fingerprint": fingerprint(spec), **environment_tags(), **tags}
-        config = as_dict(spec)
-        self.writer.call("start", handle, self.experiment_id, name, all_tags, params, config)
-        return handle
+    def _reply(self, method: str, handles: list[str], *args):
+        result, errors = self.writer.call(method, handles, *args, reply=True)
+        if errors:
+            raise TrackingError(next(iter(errors.values())))
+        return result
 
-    def log_curves(self, handle: str, chunk: dict, seconds_at: dict[int, float]) -> None:
-        """Queue a chunk of curves ``{metric: (steps, values)}``."""
-        self.writer.call("curves", handle, chunk, seconds_at)
+    def start_runs(
+        self,
+        specs: list[RunConfig],
+        names: list[str],
+        params: list[dict[str, str]],
+        tags: list[dict[str, str]],
+    ) -> list[str]:
+        """Queue the creation of the runs (RUNNING) with their params, tags (besides the
+        fingerprint, versions and commit) and config artifacts; returns the handles that
+        name them in the other calls."""
+        common = environment_tags()
+        runs = [
+            NewRun(
+                name,
+                {"fingerprint": fingerprint(spec), **common, **run_tags},
+                run_params,
+                as_dict(spec),
+            )
+            for spec, name, run_params, run_tags in zip(specs, names, params, tags, strict=True)
+        ]
+        handles = [uuid.uuid4().hex for _ in runs]
+        self.writer.call("start", handles, self.experiment_id, runs)
+        return handles
 
-    def finish(self, handle: str, result) -> str:
-        """Write the end-of-run metrics and tags, mark the run FINISHED once everything queued
-        for it is written, and return its MLflow run id. The curves come by ``log_curves``."""
-        last_step = result.diverged_step if result.diverged else result.plan.total_steps
-        summary = {"wall_seconds": (result.seconds, last_step)}
-        if result.diverged:
-            summary["diverged_step"] = (result.diverged_step, last_step)
-        tags = {
-            "diverged": str(result.diverged).lower(),
-            "device": result.device,
-            "device_name": result.device_name,
-        }
-        return self.writer.call("finish", handle, summary, tags, reply=True)
+    def log_curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
+        """Queue chunks of curves ``{metric: (steps, values)}``, one per run."""
+        self.writer.call("curves", handles, chunks, seconds_at)
 
-    def fail(self, handle: str, error: BaseException) -> str | None:
-        """Record the error and mark the run FAILED, or KILLED when interrupted."""
+    def finish_runs(self, handles: list[str], results: list) -> list[Recorded]:
+        """Write the end-of-run metrics and tags, and mark the runs FINISHED once everything
+        queued for them is written. The curves come by ``log_curves``."""
+        summaries, tags = [], []
+        for result in results:
+            last_step = result.diverged_step if result.diverged else result.plan.total_steps
+            summary = {"wall_seconds": (result.seconds, last_step)}
+            if result.diverged:
+                summary["diverged_step"] = (result.diverged_step, last_step)
+            summaries.append(summary)
+            tags.append(
+                {
+                    "diverged": str(result.diverged).lower(),
+                    "device": result.device,
+                    "device_name": result.device_name,
+                    "cohort_size": str(result.cohort_size),
+                }
+            )
+        run_ids, errors = self.writer.call("finish", handles, summaries, tags, reply=True)
+        run_ids = run_ids or [None] * len(handles)
+        return [Recorded(r, errors.get(h)) for h, r in zip(handles, run_ids, strict=True)]
+
+    def fail_runs(self, handles: list[str], error: BaseException) -> None:
+        """Record the error and mark the runs FAILED, or KILLED when interrupted."""
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         text = "".join(traceback.format_exception(error))[-5000:]
         message = f"{type(error).__name__}: {error}"[:5000]
-        return self.writer.call("fail", handle, status, message, text, reply=True)
+        self._reply("fail", handles, status, message, text)
 
     def close(self) -> None:
         """Stop the writer process, if any."""
@@ -446,10 +810,14 @@ class Ledger:
                 self.client.log_batch(run_id, params=chunk)
         return run_id
 
-    def close_sweep(self, run_id: str, status: str, counts: dict[str, int], note: str) -> None:
-        """Record the sweep's outcome counts and its summary (as the run's description)."""
+    def close_sweep(
+        self, run_id: str, status: str, counts: dict[str, int], times: dict[str, float], note: str
+    ) -> None:
+        """Record the sweep's outcome counts (``runs_*``), its time (``times``: name -> s) and
+        its summary (as the run's description)."""
         now = int(1000 * time.time())
         metrics = [Metric(f"runs_{key}", value, now, 0) for key, value in counts.items()]
+        metrics += [Metric(key, value, now, 0) for key, value in times.items()]
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag("mlflow.note.content", note)])
         self.client.set_terminated(run_id, status)
 

@@ -42,40 +42,50 @@ def run_name(spec: RunConfig) -> str:
     return f"{spec.optimizer.name}-{spec.model.name}-{spec.dataset.name}{rate}-seed{spec.seed}"
 
 
-def train_and_record(
-    spec: RunConfig,
+def record_cohort(
+    specs: list[RunConfig],
     problem: Problem,
     store: tracking.Store,
+    names: list[str],
     tags: dict[str, str] | None = None,
-    name: str | None = None,
-):
-    """Train one run inside an MLflow run (named ``name``, default ``run_name(spec)``, with
-    ``tags`` besides the usual ones), handing curves to the store as they come; an exception
-    marks the run FAILED (KILLED on Ctrl-C) and propagates."""
-    plan = engine.make_plan(spec, problem.data.sizes["train"])
+) -> list[tuple[tracking.Recorded, engine.RunResult]]:
+    """Train ``specs`` (one structure) as one cohort, each run in an MLflow run of its own
+    (named ``names[i]``, with ``tags`` besides the usual ones), handing curves to the store as
+    they come. An exception marks every run FAILED (KILLED on Ctrl-C) and propagates."""
+    plan = engine.make_plan(specs[0], problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
         {"data.steps_per_epoch": plan.steps_per_epoch, "data.total_steps": plan.total_steps}
     )
-    handle = store.start_run(
-        spec,
-        name or run_name(spec),
-        tracking.run_params(spec, derived),
-        {"split_digest": problem.data.split_digest, **(tags or {})},
+    run_tags = {"split_digest": problem.data.split_digest, **(tags or {})}
+    handles = store.start_runs(
+        specs,
+        names,
+        [tracking.run_params(spec, derived) for spec in specs],
+        [run_tags] * len(specs),
     )
 
     def sink(chunks, seconds_at):
-        store.log_curves(handle, chunks[0], seconds_at)
+        store.log_curves(handles, chunks, seconds_at)
 
     try:
-        result = engine.train_cohort([spec], problem, sink)[0]
+        results = engine.train_cohort(specs, problem, sink)
     except BaseException as error:
         try:
-            store.fail(handle, error)
+            store.fail_runs(handles, error)
         except tracking.TrackingError as tracking_error:
             error.add_note(f"recording this failure in MLflow failed too: {tracking_error}")
         raise
-    return store.finish(handle, result), result
+    return list(zip(store.finish_runs(handles, results), results, strict=True))
+
+
+def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
+    """Train one run and record it; returns its MLflow run id and result. Raises
+    TrackingError when its record could not be written."""
+    ((recorded, result),) = record_cohort([spec], problem, store, [run_name(spec)])
+    if recorded.error is not None:
+        raise tracking.TrackingError(recorded.error)
+    return recorded.run_id, result
 
 
 def _interrupt(signum: int, frame) -> None:

@@ -178,7 +178,12 @@ def test_a_failing_and_a_diverging_point_never_stop_the_sweep(tmp_path, store_ur
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, store_uri, signal_name):
     """kill -9 of the whole process group, or Ctrl-C, midway; then the same sweep again."""
-    grid = ["seed=range(6)", "trainer.steps=4000", "hydra.launcher.n_jobs=2"]
+    grid = [
+        "seed=range(6)",
+        "trainer.steps=4000",
+        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.max_cohort=2",
+    ]
     process = sweep_process(tmp_path, store_uri, *grid)
     wait_for(lambda: finished_points(store_uri) >= 3)
     os.killpg(process.pid, getattr(signal, signal_name))
@@ -210,7 +215,12 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, store_uri, sign
 def test_ctrl_c_stops_a_sweep_whose_own_process_ignores_sigint(tmp_path, store_uri):
     """Started with SIGINT ignored, the sweep process misses Ctrl-C, but its workers do not:
     the first interrupted worker stops the sweep all the same."""
-    grid = ["seed=range(6)", "trainer.steps=4000", "hydra.launcher.n_jobs=2"]
+    grid = [
+        "seed=range(6)",
+        "trainer.steps=4000",
+        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.max_cohort=2",
+    ]
     process = sweep_process(tmp_path, store_uri, *grid, sigint=signal.SIG_IGN)
     wait_for(lambda: finished_points(store_uri) >= 2)
     os.killpg(process.pid, signal.SIGINT)
@@ -333,20 +343,24 @@ def running_worker_pids(uri: str) -> list[int]:
     return [int(owner.split(":")[1]) for (owner,) in owners]
 
 
-def test_a_worker_killed_midway_fails_its_point_and_the_sweep_goes_on(tmp_path, store_uri):
+def test_a_worker_killed_midway_fails_its_cohort_and_the_sweep_goes_on(tmp_path, store_uri):
+    """Smoke's 8 points train in 4 cohorts of 2 seeds: the killed worker's cohort fails."""
     process = sweep_process(
-        tmp_path, store_uri, "seed=range(2)", "trainer.steps=10000", "hydra.launcher.n_jobs=2"
+        tmp_path, store_uri, "seed=range(2)", "trainer.steps=20000", "hydra.launcher.n_jobs=2"
     )
     wait_for(lambda: finished_points(store_uri) >= 1 and running_worker_pids(store_uri))
     victim = running_worker_pids(store_uri)[0]
     os.kill(victim, signal.SIGKILL)
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 1, out
-    assert "| failed | 1 |" in out and "worker died (exit code -9)" in out
+    assert "| failed | 2 |" in out and "worker died (exit code -9)" in out
     points, (parent,) = points_and_parents(store_uri)
     statuses = collections.Counter(r.info.status for r in points)
-    assert statuses == {"FINISHED": 7, "FAILED": 1}
-    (failed,) = [r for r in points if r.info.status == "FAILED"]
-    assert failed.data.tags["error"] == "its worker process died"
-    assert failed.data.tags["owner"].split(":")[1] == str(victim)
+    assert statuses == {"FINISHED": 6, "FAILED": 2}
+    failed = [r for r in points if r.info.status == "FAILED"]
+    assert {r.data.tags["error"] for r in failed} == {"its worker process died"}
+    assert {r.data.tags["owner"].split(":")[1] for r in failed} == {str(victim)}
+    assert {r.data.params["optimizer.name"] for r in failed} == {
+        failed[0].data.params["optimizer.name"]
+    }
     assert parent.info.status == "FAILED"

@@ -11,14 +11,18 @@ import pty
 import re
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
-from conftest import CONF, ROOT
+import torch
+from conftest import CONF, ROOT, compose_spec
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness import config, pool, studies, sweep
+from harness import config, devices, engine, pool, studies, sweep
+from harness import problem as problem_module
 from harness.progress import Progress
 from harness.tracking import RunRecord
 
@@ -116,7 +120,8 @@ def test_every_point_of_the_large_studies_composes_and_validates(study):
 
 def test_every_study_states_its_question():
     found = studies.available()
-    assert set(found) == {"lecture", "gabor_valleys", "lr_sensitivity", "schedules", "smoke"}
+    expected = {"lecture", "gabor_valleys", "lr_sensitivity", "schedules", "smoke"}
+    assert set(found) == expected | {"gabor_sgd_grid"}
     assert all(len(question) > 40 for question in found.values())
     with pytest.raises(config.ConfigError, match="study='nope'"):
         studies.check("nope")
@@ -126,7 +131,7 @@ def test_every_study_states_its_question():
 
 
 def point(index: int, fingerprint: str) -> sweep.Point:
-    return sweep.Point(index, (), None, None, fingerprint, f"point {index}")
+    return sweep.Point(index, (), None, None, None, fingerprint, f"point {index}")
 
 
 def record(run_id: str, fingerprint: str, status: str, owner: str = "") -> RunRecord:
@@ -155,7 +160,7 @@ def test_plan_skips_what_is_done_and_redoes_what_a_dead_process_left():
 
 def test_a_sweep_is_the_same_sweep_when_run_again_unless_forced():
     spec = type("Spec", (), {"tracking": config.TrackingConfig(experiment="x")})()
-    points = [sweep.Point(i, (), None, spec, f, "") for i, f in enumerate("abc")]
+    points = [sweep.Point(i, (), None, None, spec, f, "") for i, f in enumerate("abc")]
     shuffled = [points[2], points[0], points[1]]
     assert sweep.sweep_id(points, False) == sweep.sweep_id(shuffled, False)
     assert sweep.sweep_id(points, False) != sweep.sweep_id(points[:2], False)
@@ -204,12 +209,93 @@ class Doubler:
 def test_the_pool_runs_every_index_and_reports_a_worker_that_died(tmp_path):
     events = []
     items = {index: index for index in range(10)}
-    pool.Pool(3, Doubler(tmp_path / "died")).run(items, lambda *e: events.append(e))
+    pool.Pool([{}] * 3, Doubler(tmp_path / "died")).run(items, lambda *e: events.append(e))
     done = {index: value for kind, index, value in events if kind == "done"}
     assert done == {i: 2 * i for i in range(10) if i != 3}
     assert [(k, i, v) for k, i, v in events if k == "lost"] == [("lost", 3, 7)]
     started = [i for kind, i, _ in events if kind == "started"]
     assert sorted(started) == list(range(10))
+
+
+class WhereAmI:
+    """Returns the GPU the worker was given and the pid, after a pause (so slots overlap)."""
+
+    def run(self, item: int) -> tuple[str, str, int]:
+        time.sleep(0.05)
+        return os.environ["CUDA_VISIBLE_DEVICES"], os.environ[devices.SLOT_GPU], os.getpid()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_gpu_slots_give_each_worker_its_device_and_honour_pins():
+    """Fake device ids, real worker processes: each slot's worker sees only its GPU, a pinned
+    item runs on its GPU, the others spread over every slot."""
+    gpus = ["3", "5", "7"]
+    events = []
+    items = {index: index for index in range(12)}
+    pins = {0: 2, 1: 2, 2: 0}
+    environments = [devices.slot_environment(index, gpu) for index, gpu in enumerate(gpus)]
+    pool.Pool(environments, WhereAmI()).run(items, lambda *e: events.append(e), pins)
+    done = {index: value for kind, index, value in events if kind == "done"}
+    assert sorted(done) == list(range(12))
+    assert all(visible == gpus[int(slot)] for visible, slot, _ in done.values())
+    assert done[0][0] == "7" and done[1][0] == "7" and done[2][0] == "3"
+    assert {visible for visible, _, _ in done.values()} == set(gpus)
+    assert len({pid for _, _, pid in done.values()}) == 3  # one worker per GPU
+
+
+def test_a_slot_worker_resolves_its_gpu_and_records_the_sweeps_name_for_it(monkeypatch):
+    monkeypatch.setenv(devices.SLOT_GPU, "5")
+    for name in ("auto", "cuda", "cuda:5"):
+        assert devices.resolve(name) == torch.device("cuda", 0)
+    assert devices.label(torch.device("cuda", 0)) == "cuda:5"
+    assert devices.label(torch.device("cpu")) == "cpu"
+
+
+def test_points_on_cuda_take_gpu_slots_and_others_take_cpu_workers():
+    points = [SimpleNamespace(spec=compose_spec(f"trainer.device={d}")) for d in ("cpu", "cpu")]
+    assert sweep.plan_slots(points, ["0", "1"], 3) == sweep.Slots((), 3)
+    assert sweep.plan_slots(points, [], 3).count == 3
+    points.append(SimpleNamespace(spec=compose_spec("trainer.device=auto")))
+    slots = sweep.plan_slots(points, ["0", "1"], 3)
+    assert slots.count == 2 and slots.environments()[1]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert sweep.plan_slots(points, [], 3) == sweep.Slots((), 3)  # no GPU: the CPU
+
+
+# ----------------------------------------------------------------------------- cohorts
+
+
+def points_of(*overrides_per_point: tuple[str, ...]) -> list[SimpleNamespace]:
+    return [SimpleNamespace(spec=compose_spec(*o)) for o in overrides_per_point]
+
+
+def test_points_that_share_structure_form_cohorts_and_torch_optimizers_train_alone():
+    points = points_of(
+        ("optimizer=sgd", "seed=0"),
+        ("optimizer=adam", "seed=0"),
+        ("optimizer=sgd", "seed=1", "optimizer.lr=0.5"),
+        ("optimizer=torch", "optimizer.class_name=SGD", "seed=0"),
+        ("optimizer=torch", "optimizer.class_name=SGD", "seed=1"),
+        ("optimizer=sgd", "trainer.steps=7"),  # another trainer shape
+        ("optimizer=sgd", "seed=2"),
+    )
+    cohorts = sweep.make_cohorts(points, range(len(points)), max_runs=100, workers=1)
+    assert sorted(c.positions for c in cohorts) == [[0, 2, 6], [1], [3], [4], [5]]
+    capped = sweep.make_cohorts(points, [0, 2, 6], max_runs=2, workers=1)
+    assert [c.positions for c in capped] == [[0, 2], [6]]
+    spread = sweep.make_cohorts(points, [0, 2, 6], max_runs=100, workers=2)
+    assert sorted(c.positions for c in spread) == [[0], [2, 6]]  # every worker gets work
+
+
+def test_a_cohort_is_split_to_fit_the_memory_budget():
+    assert engine.split_for_memory(10, 100, 10_000) == [10]
+    assert engine.split_for_memory(10, 100, 300) == [3, 3, 2, 2]
+    assert engine.split_for_memory(3, 100, 1) == [1, 1, 1]
+    spec = compose_spec("dataset=digits", "model=mlp", "loss=cross_entropy")
+    mlp = engine.run_bytes(spec, problem_module.build(spec))
+    gabor = engine.run_bytes(compose_spec(), problem_module.build(compose_spec()))
+    assert mlp > 100 * gabor > 0  # a run of an MLP on digits holds far more than a Gabor run
 
 
 # ----------------------------------------------------------------------------- progress

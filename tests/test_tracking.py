@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import pytest
 from conftest import ROOT, compose_spec, runs_in
 from mlflow.tracking import MlflowClient
 
-from harness import config, engine, tracking, train
+from harness import config, tracking, train
 from harness import problem as problem_module
 from harness.config import ConfigError
 
@@ -95,21 +96,89 @@ def test_the_fingerprint_ignores_tracking_and_run_name():
     assert config.fingerprint(a) != config.fingerprint(compose_spec("seed=1"))
 
 
-def test_curves_are_written_in_batches(store_uri, monkeypatch):
-    calls = []
-    original = MlflowClient.log_batch
+def record_cohort(store_uri, overrides, seeds, **options):
+    """Train one cohort (a run per seed) and record it; returns the runs by seed."""
+    specs = [compose_spec(f"tracking.uri={store_uri}", *overrides, f"seed={s}") for s in seeds]
+    store = tracking.Store(store_uri, "cohort", **options)
+    try:
+        records = train.record_cohort(
+            specs, problem_module.build(specs[0]), store, [f"seed {s}" for s in seeds]
+        )
+    finally:
+        store.close()
+    assert all(recorded.error is None for recorded, _ in records)
+    client = MlflowClient(tracking_uri=store_uri)
+    return [client.get_run(recorded.run_id) for recorded, _ in records]
 
-    def counting(self, run_id, metrics=(), params=(), tags=(), **kwargs):
-        calls.append(len(metrics))
-        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
-    monkeypatch.setattr(MlflowClient, "log_batch", counting)
-    monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **k: pytest.fail("per-step call"))
-    _, run, _ = record(store_uri, "trainer.steps=1500", "tracking.log_every=1", background=False)
-    assert sum(calls) > 1500 * 3  # train_loss, lr, phi0, phi1 at every step
-    assert len(calls) <= 1500 // engine.FLUSH_EVERY + 4  # a batch per hand-over, then the end
-    history = MlflowClient(tracking_uri=store_uri).get_metric_history(run.info.run_id, "phi0")
-    assert [m.step for m in history] == list(range(1501))
+def metric_rows(store_uri, run_id):
+    """Every metric row of a run, as MLflow's client reads them back."""
+    client = MlflowClient(tracking_uri=store_uri)
+    names = client.get_run(run_id).data.metrics
+    return {
+        name: sorted(
+            (m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, name)
+        )
+        for name in names
+    }
+
+
+def test_database_writes_leave_the_records_mlflows_client_leaves(store_uri):
+    """The cohort path (one transaction for many runs) against MLflow's own log_batch and
+    set_terminated: the same params, tags, metric histories and latest values."""
+    overrides = (
+        "dataset=wine",
+        "model=softmax",
+        "loss=cross_entropy",
+        "trainer.steps=40",
+        "trainer.batch_size=16",
+        "optimizer=adam",
+    )
+    bulk = record_cohort(store_uri, overrides, [0, 1, 2])
+    client = record_cohort(store_uri, overrides, [0, 1, 2], bulk=False)
+    assert all(run.info.status == "FINISHED" for run in bulk + client)
+    different = {"owner", "mlflow.runName"}
+    for a, b in zip(bulk, client, strict=True):
+        assert a.info.run_name == b.info.run_name and a.info.user_id == b.info.user_id
+        assert (a.info.lifecycle_stage, a.info.status) == (b.info.lifecycle_stage, "FINISHED")
+        assert a.info.artifact_uri.replace(a.info.run_id, "") == b.info.artifact_uri.replace(
+            b.info.run_id, ""
+        )
+        assert a.info.end_time >= a.info.start_time > 0
+        assert a.data.params == b.data.params
+        assert {k: v for k, v in a.data.tags.items() if k not in different} == {
+            k: v for k, v in b.data.tags.items() if k not in different
+        } | {"cohort_size": "3"}
+        rows_a, rows_b = (
+            metric_rows(store_uri, a.info.run_id),
+            metric_rows(store_uri, b.info.run_id),
+        )
+        assert rows_a.keys() == rows_b.keys() and "val_accuracy" in rows_a
+        for name in rows_a:
+            if name != "wall_seconds":
+                assert [r[:2] for r in rows_a[name]] == [r[:2] for r in rows_b[name]]
+        latest = {k: v for k, v in a.data.metrics.items() if k != "wall_seconds"}
+        assert latest == {k: v for k, v in b.data.metrics.items() if k != "wall_seconds"}
+    assert [run.data.tags["fingerprint"] for run in bulk] == [
+        run.data.tags["fingerprint"] for run in client
+    ]
+
+
+def test_long_runs_show_their_curves_while_they_train(store_uri):
+    spec = compose_spec(f"tracking.uri={store_uri}", "trainer.steps=10", "tracking.log_every=1")
+    store = tracking.Store(store_uri, "live", background=False, flush_seconds=0.0)
+    (handle,) = store.start_runs([spec], ["live"], [{}], [{}])
+    store.log_curves([handle], [{"train_loss": ([0, 1, 2], [3.0, 2.0, 1.0])}], {})
+    (run,) = runs_in(store_uri, "live")
+    client = MlflowClient(tracking_uri=store_uri)
+    assert run.info.status == "RUNNING" and run.data.metrics == {"train_loss": 1.0}
+    store.log_curves([handle], [{"train_loss": ([3], [float("nan")])}], {})
+    result = train.engine.train_cohort([spec])[0]
+    (recorded,) = store.finish_runs([handle], [result])
+    run = client.get_run(recorded.run_id)
+    assert run.info.status == "FINISHED" and math.isnan(run.data.metrics["train_loss"])
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [0, 1, 2, 3]
 
 
 def test_the_inline_writer_records_the_same_run(store_uri):
@@ -130,16 +199,16 @@ def test_a_dead_writer_is_reported_not_waited_for(store_uri):
     store.writer.process.kill()
     store.writer.process.join()
     with pytest.raises(tracking.TrackingError, match="writer process died"):
-        store.writer.call("finish", "no-such-run", {}, {}, reply=True)
+        store.writer.call("finish", ["no-such-run"], [{}], [{}], reply=True)
 
 
 def test_an_mlflow_error_in_the_writer_reaches_the_caller(store_uri):
     store = tracking.Store(store_uri, "runs")
     try:
-        with pytest.raises(tracking.TrackingError, match="KeyError"):
-            store.writer.call("finish", "never-started", {}, {}, reply=True)
+        _, errors = store.writer.call("finish", ["never-started"], [{}], [{}], reply=True)
     finally:
         store.close()
+    assert "KeyError" in errors["never-started"]
 
 
 def test_a_diverged_run_is_finished_and_tagged(store_uri):
@@ -179,13 +248,15 @@ def test_an_interrupted_run_is_recorded_killed(store_uri, monkeypatch):
 
 def test_a_failed_curve_write_finishes_the_run_failed(store_uri):
     store = tracking.Store(store_uri, "runs")
+    spec = compose_spec()
     try:
-        handle = store.start_run(compose_spec(), "broken", {}, {})
-        store.log_curves(handle, {"train_loss": ([0, 1], [1.0])}, {})  # steps and values differ
-        with pytest.raises(tracking.TrackingError, match="ValueError"):
-            store.writer.call("finish", handle, {}, {}, reply=True)
+        (handle,) = store.start_runs([spec], ["broken"], [{}], [{}])
+        store.log_curves([handle], [{"train_loss": ([0, 1], [1.0])}], {})  # steps, values differ
+        result = train.engine.train_cohort([spec])[0]
+        (recorded,) = store.finish_runs([handle], [result])
     finally:
         store.close()
+    assert "ValueError" in recorded.error
     (run,) = runs_in(store_uri)
     assert run.info.status == "FAILED" and "ValueError" in run.data.tags["error"]
 
@@ -213,16 +284,16 @@ def test_the_writer_exits_when_its_parent_is_killed(tmp_path, store_uri):
 
 def test_a_run_whose_final_write_fails_is_not_left_running(store_uri, monkeypatch):
     store = tracking.Store(store_uri, "runs", background=False)
-    handle = store.start_run(compose_spec(), "doomed", {}, {})
-    original = MlflowClient.log_batch
+    (handle,) = store.start_runs([compose_spec()], ["doomed"], [{}], [{}])
+    original = tracking.DatabaseWrites.write
 
-    def locked(self, run_id, metrics=(), params=(), tags=(), **kwargs):
-        if any(tag.key == "diverged" for tag in tags):
+    def locked(self, batch):
+        if batch.ended:
             raise RuntimeError("database is locked")
-        return original(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+        return original(self, batch)
 
-    monkeypatch.setattr(MlflowClient, "log_batch", locked)
+    monkeypatch.setattr(tracking.DatabaseWrites, "write", locked)
     result = train.engine.train_cohort([compose_spec("trainer.steps=3")])[0]
-    with pytest.raises(tracking.TrackingError, match="database is locked"):
-        store.finish(handle, result)
+    (recorded,) = store.finish_runs([handle], [result])
+    assert "database is locked" in recorded.error
     assert runs_in(store_uri)[0].info.status == "FAILED"

@@ -1,0 +1,1 @@
+"""The harness's Hydra sweeper (``hydra/sweeper=harness``), found by Hydra's plugin scan."""
