@@ -9,12 +9,14 @@ EXP  ?= lecture
 JOBS ?= 1
 PORT ?= 5000
 STORE ?= sqlite:///$(CURDIR)/mlflow.db
+HOST ?= 127.0.0.1
+DB   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep studies report ui test test-slow test-all bench lint clean
+.PHONY: help install run sweep studies report ui server test test-slow test-all test-cluster bench lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,15 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed ## create .venv and install the project with its dev tools
+
+# The optional extras: psycopg2 for the server, submitit and Ray for the cluster executors.
+$(BIN)/.server: $(BIN)/.installed
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[dev,server]'
+	touch $@
+
+$(BIN)/.cluster: $(BIN)/.installed
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[dev,server,slurm,ray]'
+	touch $@
 
 run: install ## train one configuration: make run ARGS="optimizer=adam optimizer.lr=0.05"
 	$(BIN)/python -m harness.train $(ARGS)
@@ -39,6 +50,9 @@ report: install ## the HTML report of a study: make report EXP=lr_sensitivity
 ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000 (PORT=..., STORE=...)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
 
+server: $(BIN)/.server ## shared MLflow server on a local PostgreSQL (HOST=..., PORT=..., DB=<database URI>)
+	$(BIN)/python -m harness.server --host $(HOST) --port $(PORT) $(if $(DB),--db '$(DB)') $(ARGS)
+
 test: install ## the default test suite (not the slow tests)
 	$(BIN)/pytest
 
@@ -47,6 +61,9 @@ test-slow: install ## the slow tests only (every job of every study composed two
 
 test-all: install ## every test, the slow ones too
 	$(BIN)/pytest -m "slow or not slow"
+
+test-cluster: $(BIN)/.cluster ## the cluster tests (PostgreSQL, MLflow server, submitit, Ray)
+	$(BIN)/pytest -m cluster
 
 bench: install ## speed benchmarks, ratios measured side by side
 	$(BIN)/python benchmarks/bench.py

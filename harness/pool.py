@@ -23,6 +23,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
@@ -53,18 +54,36 @@ def process_age() -> float:
 
 
 def owner_token(pid: int | None = None) -> str:
-    """``host:pid:start`` naming a live process (this one by default) on this host."""
+    """``host:pid:start`` naming a live process (this one by default) on this host, followed by
+    ``@slurm:<job id>`` in a SLURM job."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+    token = f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{token}@slurm:{job}" if job else token
+
+
+def _slurm_job_alive(job: str) -> bool:
+    """Whether SLURM still lists the job (queued or running); True where squeue cannot say."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if listed.returncode != 0:  # an unknown job id: long gone
+        return "Invalid job id" not in listed.stderr
+    return bool(listed.stdout.strip())
 
 
 def is_alive(token: str) -> bool:
-    """Whether the process named by ``owner_token`` still runs. A process on another host, or
-    an unreadable token, counts as alive: nothing here can prove it dead."""
-    host, _, rest = token.partition(":")
+    """Whether the process named by ``owner_token`` still runs. On another host, only a SLURM
+    job can be proven gone (by squeue); any other process there, or an unreadable token,
+    counts as alive."""
+    process, _, job = token.partition("@slurm:")
+    host, _, rest = process.partition(":")
     pid_text, _, ticks = rest.partition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
-        return True
+        return _slurm_job_alive(job) if job else True
     pid = int(pid_text)
     try:
         os.kill(pid, 0)
@@ -84,7 +103,7 @@ class Work(Protocol):
     def close(self) -> None: ...
 
 
-def _interrupt_once(signum: int, frame) -> None:
+def interrupt_once(signum: int, frame) -> None:
     """Raise KeyboardInterrupt for the first SIGINT/SIGTERM and ignore the ones after it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -108,8 +127,8 @@ def _orders(pipe: Connection, sweep_pid: int):
 
 def _worker(work: Work, pipe: Connection, sweep_pid: int, environment: dict[str, str]) -> None:
     os.environ.update(environment)
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGINT, interrupt_once)
+    signal.signal(signal.SIGTERM, interrupt_once)
     try:
         for index, item in _orders(pipe, sweep_pid):
             pipe.send(("started", index, os.getpid()))

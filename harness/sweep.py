@@ -32,19 +32,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from harness import compose, config, devices, engine, optim, pool, studies, tracking, train
+from harness import (
+    compose,
+    config,
+    devices,
+    engine,
+    executors,
+    optim,
+    pool,
+    studies,
+    tracking,
+    train,
+)
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
 from harness.problem import Problem
@@ -344,7 +354,8 @@ class CohortWork:
     each. A cohort larger than the memory budget (``memory_fraction`` of the free memory of
     the worker's device, shared by ``sharing`` workers on the host's memory) trains in pieces.
     Each worker uses ``threads`` CPU threads, so that the workers do not oversubscribe the
-    cores."""
+    cores. ``background``: the store writes from a forked process (not in a Ray worker, whose
+    threads make forking unsafe)."""
 
     def __init__(
         self,
@@ -353,9 +364,10 @@ class CohortWork:
         memory_fraction: float,
         sharing: int,
         output_subdir: str | None,
+        background: bool = True,
     ):
         self.tags, self.threads, self.output_subdir = tags, threads, output_subdir
-        self.memory_fraction, self.sharing = memory_fraction, sharing
+        self.memory_fraction, self.sharing, self.background = memory_fraction, sharing, background
         self.problems: dict[str, Problem] = {}
         self.store: tracking.Store | None = None
 
@@ -369,7 +381,7 @@ class CohortWork:
         if key not in self.problems:
             self.problems[key] = problem_module.build(spec)
         if self.store is None:
-            self.store = tracking.open_store(spec.tracking)
+            self.store = tracking.open_store(spec.tracking, self.background)
         device = devices.resolve(spec.trainer.device, spec.trainer.dtype)
         fraction = self.memory_fraction / (1 if device.type == "cuda" else self.sharing)
         budget = devices.memory_budget(device, fraction)
@@ -409,16 +421,12 @@ def outcome(recorded: tracking.Recorded, result: engine.RunResult) -> Outcome:
     return Outcome(status, recorded.run_id, seconds=result.seconds)
 
 
-def run_cohorts(
-    points, cohorts, slots: Slots, work, progress, timing: Timing
-) -> tuple[dict[int, Outcome], bool]:
-    """Train the cohorts on the slots' workers; returns the outcomes by position and whether
+def run_cohorts(points, cohorts, executor, progress, timing: Timing) -> tuple[dict, bool]:
+    """Train the cohorts through the executor; returns the outcomes by position and whether
     the sweep was interrupted. The workers' time is added to ``timing``."""
     outcomes: dict[int, Outcome] = {}
 
     def on_event(kind: str, number: int, payload) -> None:
-        if kind == "started":
-            return
         positions = cohorts[number].positions
         if kind == "done":
             found = dict(zip(positions, payload.outcomes, strict=True))
@@ -426,9 +434,8 @@ def run_cohorts(
             timing.track += payload.track_seconds
         elif kind == "interrupted":
             found = {p: Outcome("killed", error="interrupted") for p in positions}
-        else:  # lost
-            failed = Outcome("failed", error=f"worker died (exit code {payload})")
-            found = dict.fromkeys(positions, failed)
+        else:  # lost: the worker or job died
+            found = dict.fromkeys(positions, Outcome("failed", error=payload))
         for position, found_outcome in found.items():
             outcomes[position] = found_outcome
             progress.update(found_outcome.status, points[position].name)
@@ -438,9 +445,8 @@ def run_cohorts(
         items = {
             number: [points[p] for p in cohort.positions] for number, cohort in enumerate(cohorts)
         }
-        environments = slots.environments()[: max(len(items), 1)]
         pins = {n: int(c.gpu) for n, c in enumerate(cohorts) if c.gpu is not None}
-        pool.Pool(environments, work).run(items, on_event, pins)
+        executor.run(items, on_event, pins)
         return outcomes, False
     except KeyboardInterrupt:
         return outcomes, True
@@ -450,12 +456,25 @@ def run_cohorts(
 
 
 def settle(points, outcomes: dict[int, Outcome], ledger: tracking.Ledger, known: set[str]):
-    """Make the store and the outcomes agree after the workers are gone: runs a dead worker
-    left RUNNING are marked FAILED, and a point reported killed or lost whose run was in fact
-    written to the end (the signal came as it finished) counts as its run says."""
+    """Make the store and the outcomes agree once every worker or job has ended: a run left
+    RUNNING by a dead process, or by a job of this sweep that was lost or interrupted (it may
+    have run on another machine), is marked FAILED (KILLED when interrupted), and a point
+    reported killed or lost whose run was in fact written to the end (the signal came as it
+    finished) counts as its run says."""
+    ended = {
+        points[position].fingerprint: outcome
+        for position, outcome in outcomes.items()
+        if outcome.status in ("killed", "failed")
+    }
     new = [r for r in ledger.grid_runs() if r.run_id not in known]
     for record in new:
-        if record.status == "RUNNING" and not pool.is_alive(record.owner):
+        if record.status != "RUNNING":
+            continue
+        outcome = ended.get(record.fingerprint)
+        if outcome is not None:
+            status = "KILLED" if outcome.status == "killed" else "FAILED"
+            ledger.mark(record.run_id, status, outcome.error)
+        elif not pool.is_alive(record.owner):
             ledger.mark(record.run_id, "FAILED", "its worker process died")
     finished = {r.fingerprint: r for r in new if r.status == "FINISHED"}
     for position, outcome in outcomes.items():
@@ -512,8 +531,12 @@ class Options:
     force: bool = False  # rerun points already recorded
     max_cohort: int = 1000  # most runs trained as one batch; 1 trains one job at a time
     memory_fraction: float = 0.5  # of the free memory a worker's cohorts may take
+    executor: str = "local"  # local | slurm | ray (see harness.executors)
+    slurm: dict = field(default_factory=dict)  # executors.SlurmSettings
+    ray: dict = field(default_factory=dict)  # executors.RaySettings
 
-    def check(self) -> None:
+    def check(self) -> tuple[executors.SlurmSettings, executors.RaySettings]:
+        """Validate the settings; returns the cluster executors' settings."""
         if self.n_jobs < 1:
             raise ConfigError("hydra.launcher.n_jobs", self.n_jobs, "expected an integer >= 1")
         if self.max_cohort < 1:
@@ -526,19 +549,22 @@ class Options:
                 self.memory_fraction,
                 "expected a number in (0, 1]",
             )
+        return executors.check(self.executor, dict(self.slurm), dict(self.ray))
 
 
 def prepare(
     job_overrides, initial_job_idx, root: DictConfig, hydra_context, options: Options, timing
 ):
-    """Compose and validate the grid and open its experiment; raises ConfigError."""
-    options.check()
+    """Compose and validate the grid and open its experiment; returns the points, the ledger
+    and the cluster executors' settings; raises ConfigError."""
+    slurm, ray = options.check()
     composer = compose.Composer(hydra_context.config_loader, root)
     points = compose_points(job_overrides, initial_job_idx, composer, timing)
     target = points[0].spec.tracking
     uri = tracking.resolve_uri(target.uri)
     tracking.check_uri(uri)
-    return points, tracking.Ledger(uri, target.experiment)
+    executors.check_store(options.executor, slurm, ray, uri)
+    return points, tracking.Ledger(uri, target.experiment), slurm, ray
 
 
 def launch(
@@ -553,7 +579,7 @@ def launch(
     timing = Timing(startup=pool.process_age())
     pool.start_server(["harness.train"])  # gets ready while the grid is composed
     try:
-        points, ledger = prepare(
+        points, ledger, slurm, ray = prepare(
             job_overrides, initial_job_idx, root, hydra_context, options, timing
         )
         records = ledger.grid_runs()
@@ -563,7 +589,8 @@ def launch(
         study = root.hydra.runtime.choices.get("experiment") or points[0].spec.tracking.experiment
         identity = sweep_id(points, options.force)
         slots = plan_slots(points, devices.gpu_ids(), options.n_jobs)
-        cohorts = make_cohorts(points, plan_.todo, options.max_cohort, slots.count)
+        at_once = executors.parallel_cohorts(options.executor, slots.count)
+        cohorts = make_cohorts(points, plan_.todo, options.max_cohort, at_once)
         name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, options)
         parent = ledger.open_sweep(identity, name, params, {"study": study})
         timing.prepare = time.monotonic() - started - timing.compose - timing.validate
@@ -574,7 +601,7 @@ def launch(
     except KeyboardInterrupt:
         print("interrupted while preparing the sweep: no run was started", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
-    where = f"GPUs {', '.join(slots.gpus)}" if slots.gpus else f"{slots.count} CPU worker(s)"
+    where = executors.describe(options.executor, slots, slurm, ray)
     print(
         f"sweep {study!r}: {len(points)} points, {len(plan_.skipped)} skipped "
         f"(already recorded or duplicates), {len(plan_.todo)} to run in {len(cohorts)} "
@@ -583,10 +610,19 @@ def launch(
         flush=True,
     )
     tags = {tracking.PARENT_TAG: parent, tracking.SWEEP_TAG: identity}
-    threads = max(1, len(os.sched_getaffinity(0)) // slots.count)
-    work = CohortWork(tags, threads, options.memory_fraction, slots.count, root.hydra.output_subdir)
+    local = options.executor == "local"
+    work = CohortWork(
+        tags,
+        executors.threads(options.executor, slots.count, slurm, ray),
+        options.memory_fraction,
+        slots.count if local else 1,
+        root.hydra.output_subdir,
+        background=options.executor != "ray",
+    )
+    folder = Path(str(root.hydra.sweep.dir)) / ".submitit"
+    executor = executors.build(options.executor, slots, slurm, ray, folder, work)
     outcomes, interrupted = run_cohorts(
-        points, cohorts, slots, work, Progress(len(plan_.todo)), timing
+        points, cohorts, executor, Progress(len(plan_.todo)), timing
     )
     outcomes.update(plan_.skipped)
 

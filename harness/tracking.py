@@ -30,6 +30,7 @@ import time
 import traceback
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _validate_metric
 
@@ -63,7 +66,11 @@ ROLE_TAG = "role"  # "sweep" on a sweep's parent run; grid points carry no role
 OWNER_TAG = "owner"  # the process that writes the run: host:pid:start time
 SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
 ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
+CLIENT_THREADS = 8  # runs written at once through MLflow's client (an MLflow server)
 FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
+HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
+HISTORY_LIMIT = 25_000  # points in one answer of that endpoint, at most
+HISTORY_RUNS = 100  # and runs in one request
 
 
 def project_root() -> Path:
@@ -421,25 +428,35 @@ class DatabaseWrites:
         self._insert(connection, table, columns, rows)
 
 
+def _in_threads(function, items: list) -> list:
+    """``function`` over ``items`` on up to ``CLIENT_THREADS`` threads, results in order; the
+    first error is raised."""
+    if len(items) < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(CLIENT_THREADS, len(items))) as threads:
+        return list(threads.map(function, items))
+
+
 class ClientWrites:
-    """Creates and writes runs through MLflow's client, run by run (stores that are not
-    databases, such as an MLflow server): ``create_run``, ``log_batch`` (which splits to
-    MLflow's limits), ``set_terminated``."""
+    """Creates and writes runs through MLflow's client (stores that are not databases, such as
+    an MLflow server): per run ``create_run``, ``log_batch`` (which splits to MLflow's limits)
+    and ``set_terminated``, for ``CLIENT_THREADS`` runs at a time, since each call waits on a
+    request to the server."""
 
     def __init__(self, client: MlflowClient):
         self.client = client
 
     def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
-        created = []
-        for new in new_runs:
+        def create_one(new: NewRun) -> CreatedRun:
             run = self.client.create_run(experiment_id, run_name=new.name, tags=new.tags)
             params = [Param(k, v) for k, v in new.params.items()]
             self.client.log_batch(run.info.run_id, params=params)
-            created.append(CreatedRun(run.info.run_id, run.info.start_time, run.info.artifact_uri))
-        return created
+            return CreatedRun(run.info.run_id, run.info.start_time, run.info.artifact_uri)
+
+        return _in_threads(create_one, new_runs)
 
     def write(self, batch: Writes) -> None:
-        for run in {*batch.metrics, *batch.tags, *batch.ended}:
+        def write_one(run: str) -> None:
             self.client.log_batch(
                 run,
                 metrics=[
@@ -452,6 +469,8 @@ class ClientWrites:
             if run in batch.ended:
                 status, end = batch.ended[run]
                 self.client.set_terminated(run, status, end)
+
+        _in_threads(write_one, list({*batch.metrics, *batch.tags, *batch.ended}))
 
 
 @dataclass
@@ -484,12 +503,19 @@ class Recorder:
 
     def start(self, handles: list[str], experiment_id: str, new_runs: list[NewRun]) -> None:
         created = self.writes.create(experiment_id, new_runs)
+        for handle, run in zip(handles, created, strict=True):
+            self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "config.yaml"
-            for handle, new, run in zip(handles, new_runs, created, strict=True):
-                self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
+
+            def upload(pair: tuple[NewRun, CreatedRun]) -> None:
+                new, run = pair
+                path = Path(folder) / run.run_id / "config.yaml"
+                path.parent.mkdir()
                 path.write_text(yaml_text(new.config))
-                get_artifact_repository(run.artifact_uri).log_artifact(str(path))
+                repository = get_artifact_repository(run.artifact_uri, self.client.tracking_uri)
+                repository.log_artifact(str(path))
+
+            _in_threads(upload, list(zip(new_runs, created, strict=True)))
 
     def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus
@@ -755,6 +781,17 @@ class RunRecord:
     diverged: bool = False
 
 
+def _all_runs(client: MlflowClient, experiment_id: str):
+    """Every active run of the experiment, searched page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=5000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 class Ledger:
     """A sweep's view of its study's experiment, from the sweep's own process: the grid points
     already recorded, the sweep's parent run, and repairs of runs a dead process left RUNNING.
@@ -770,15 +807,6 @@ class Ledger:
             allowed = f"MLflow cannot open it: {first_line}"
             raise ConfigError("tracking.uri", uri, allowed) from error
 
-    def _runs(self):
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], max_results=5000, page_token=token)
-            yield from page
-            token = page.token
-            if not token:
-                return
-
     def grid_runs(self) -> list[RunRecord]:
         """Every run of the experiment that records a grid point (parent runs left out)."""
         return [
@@ -789,7 +817,7 @@ class Ledger:
                 run.data.tags.get(OWNER_TAG, ""),
                 run.data.tags.get("diverged") == "true",
             )
-            for run in self._runs()
+            for run in _all_runs(self.client, self.experiment_id)
             if run.data.tags.get(ROLE_TAG) != "sweep" and "fingerprint" in run.data.tags
         ]
 
@@ -842,7 +870,10 @@ class ExperimentTables:
 def read_experiment(uri: str, experiment: str) -> ExperimentTables:
     """Every active run of ``experiment`` with all its params, tags and metric histories, in
     four SQL queries on the store's database (MLflow's client would need one call per run and
-    metric). Raises ConfigError when the store is not a database or has no such experiment."""
+    metric), or in bulk requests to an MLflow server (http, https: ``_read_from_server``).
+    Raises ConfigError when the store is neither or has no such experiment."""
+    if uri.split(":", 1)[0] in ("http", "https"):
+        return _read_from_server(uri, experiment)
     import pandas as pd
     from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlRun, SqlTag
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -877,10 +908,64 @@ def read_experiment(uri: str, experiment: str) -> ExperimentTables:
         SqlMetric.value,
         SqlMetric.step,
         SqlMetric.timestamp,
+        SqlMetric.is_nan,
     ).where(SqlMetric.run_uuid.in_(active))
     queries = (runs, pairs(SqlParam), pairs(SqlTag), metrics)
     with store.engine.connect() as connection:
-        return ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
+        tables = ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
+    nan = tables.metrics.pop("is_nan").astype(bool)  # MLflow stores NaN as 0 with this flag
+    tables.metrics.loc[nan, "value"] = float("nan")
+    return tables
+
+
+def _read_from_server(uri: str, experiment: str) -> ExperimentTables:
+    """``read_experiment`` from an MLflow server: runs, params and tags from paged run searches
+    (active runs), the histories of each metric from the server's bulk endpoint for the runs
+    whose latest metrics name it."""
+    import pandas as pd
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError("study", experiment, f"no experiment of that name in {uri}")
+    runs = list(_all_runs(client, found.experiment_id))
+    keys: dict[str, list[str]] = {}
+    for run in runs:
+        for key in run.data.metrics:
+            keys.setdefault(key, []).append(run.info.run_id)
+    info = [
+        (r.info.run_id, r.info.run_name, r.info.status, r.info.start_time, r.info.end_time)
+        for r in runs
+    ]
+    params = [(r.info.run_id, k, v) for r in runs for k, v in r.data.params.items()]
+    tags = [(r.info.run_id, k, v) for r in runs for k, v in r.data.tags.items()]
+    points = [p for key, run_ids in keys.items() for p in _metric_histories(uri, key, run_ids)]
+    return ExperimentTables(
+        pd.DataFrame(info, columns=["run_id", "run_name", "status", "start_time", "end_time"]),
+        pd.DataFrame(params, columns=["run_id", "key", "value"]),
+        pd.DataFrame(tags, columns=["run_id", "key", "value"]),
+        pd.DataFrame(points, columns=["run_id", "key", "value", "step", "timestamp"]),
+    )
+
+
+def _metric_histories(uri: str, key: str, run_ids: list[str]) -> list[dict]:
+    """Every point of metric ``key`` of the runs (dicts with run_id, key, value, step and
+    timestamp) from the server's bulk endpoint, ``HISTORY_RUNS`` runs a request. The server
+    cuts an answer at ``HISTORY_LIMIT`` points, so a full answer is asked again in halves, and
+    a single run's by MLflow's paged history call."""
+    if len(run_ids) > HISTORY_RUNS:
+        chunks = _chunks(run_ids, HISTORY_RUNS)
+        return [p for chunk in chunks for p in _metric_histories(uri, key, chunk)]
+    query = {"run_id": run_ids, "metric_key": key, "max_results": HISTORY_LIMIT}
+    answer = http_request(get_default_host_creds(uri), HISTORY_ENDPOINT, "GET", params=query)
+    points = verify_rest_response(answer, HISTORY_ENDPOINT).json().get("metrics", [])
+    if len(points) < HISTORY_LIMIT:
+        return points
+    if len(run_ids) == 1:
+        history = MlflowClient(tracking_uri=uri).get_metric_history(run_ids[0], key)
+        return [{**m.to_dictionary(), "run_id": run_ids[0]} for m in history]
+    half = len(run_ids) // 2
+    return _metric_histories(uri, key, run_ids[:half]) + _metric_histories(uri, key, run_ids[half:])
 
 
 def log_report(uri: str, experiment: str, folder: Path) -> str:
@@ -894,12 +979,13 @@ def log_report(uri: str, experiment: str, folder: Path) -> str:
     return run_id
 
 
-def open_store(cfg: TrackingConfig) -> Store:
-    """Resolve and check the URI, then open the store and its experiment."""
+def open_store(cfg: TrackingConfig, background: bool = True) -> Store:
+    """Resolve and check the URI, then open the store and its experiment (``background``:
+    see ``Store``)."""
     uri = resolve_uri(cfg.uri)
     check_uri(uri)
     try:
-        return Store(uri, cfg.experiment)
+        return Store(uri, cfg.experiment, background)
     except TrackingError as error:
         raise ConfigError(
             "tracking.uri", uri, f"MLflow cannot open it: {str(error).splitlines()[0]}"

@@ -1,19 +1,24 @@
-"""Shared fixtures: real Hydra composition of the project's conf/, and real MLflow sqlite
-stores in temporary folders (migrated once per session, then copied for each test)."""
+"""Shared fixtures: real Hydra composition of the project's conf/, real MLflow sqlite stores in
+temporary folders (migrated once per session, then copied for each test), and for the cluster
+tests an MLflow server on a private PostgreSQL (started once per session)."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from harness import config, train
+from harness import config, tracking, train
+from harness.server import LocalPostgres, MlflowServer, ServerError, postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -44,6 +49,35 @@ def store_uri(tmp_path, migrated_store) -> str:
     path = tmp_path / "mlflow.db"
     shutil.copy(migrated_store, path)
     return f"sqlite:///{path}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The http URI of an MLflow server recording into a private PostgreSQL, both on free
+    ports of 127.0.0.1 in a temporary folder under /tmp (which the postgres user reaches when
+    the tests run as root); stopped and removed at the session's end. Skips without
+    PostgreSQL's programs or psycopg2 (the ``server`` extra)."""
+    pytest.importorskip("psycopg2", reason="needs the server extra: pip install -e '.[server]'")
+    try:
+        postgres_bindir()
+    except ServerError as error:
+        pytest.skip(str(error))
+    folder = Path(tempfile.mkdtemp(prefix="harness-server-"))
+    folder.chmod(0o755)
+    try:
+        with LocalPostgres(folder / "postgres", free_port()) as postgres:
+            artifacts = folder / "artifacts"
+            with MlflowServer(postgres.uri, artifacts, port=free_port()) as server:
+                yield server.uri
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -94,3 +128,51 @@ def tidy_frame(runs: list[dict]) -> pd.DataFrame:
         base.update({key: value for key, value in run.items() if key != "curve"})
         records += [{**base, **point} for point in run["curve"]]
     return pd.DataFrame(records)
+
+
+SWEEP_TAGS = {"mlflow.parentRunId", "sweep_id", "owner", "cohort_size", "mlflow.runName"}
+TIMES = {"wall_seconds"}  # a cohort's time is shared by its runs
+STORE = {  # each sweep writes to a store (or an experiment) of its own
+    "tracking.uri": "",
+    "tracking.experiment": "",
+}
+
+
+def records(uri: str, experiment: str) -> dict[str, dict]:
+    """Each grid point's FINISHED run by fingerprint: params, tag names and curves."""
+    tables = tracking.read_experiment(uri, experiment)
+    finished = set(tables.runs.run_id[tables.runs.status == "FINISHED"])
+    tags = tables.tags[tables.tags.run_id.isin(finished)]
+    marked = tags[tags.key == "fingerprint"]
+    fingerprints = dict(zip(marked.run_id, marked.value, strict=True))
+    found = {}
+    for run_id, fingerprint in fingerprints.items():
+        params = tables.params[tables.params.run_id == run_id]
+        metrics = tables.metrics[tables.metrics.run_id == run_id].sort_values(["key", "step"])
+        found[fingerprint] = {
+            "params": dict(zip(params.key, params.value, strict=True)),
+            "tags": set(tags[tags.run_id == run_id].key) - SWEEP_TAGS,
+            "diverged": tags[(tags.run_id == run_id) & (tags.key == "diverged")].value.item(),
+            "curves": {
+                key: (list(group.step), np.array(group.value, dtype=float))
+                for key, group in metrics.groupby("key")
+                if key not in TIMES
+            },
+        }
+    return found
+
+
+def assert_same_records(batched: dict, alone: dict, points: int) -> None:
+    """The same points, params and tag names; curves equal within 1e-5 relative."""
+    assert len(batched) == len(alone) == points
+    assert batched.keys() == alone.keys()
+    for fingerprint, run in batched.items():
+        other = alone[fingerprint]
+        assert run["params"].keys() == other["params"].keys()
+        assert run["params"] | STORE == other["params"] | STORE
+        assert run["tags"] == other["tags"] and run["diverged"] == other["diverged"]
+        assert run["curves"].keys() == other["curves"].keys()
+        for key, (steps, values) in run["curves"].items():
+            other_steps, other_values = other["curves"][key]
+            assert steps == other_steps, key
+            np.testing.assert_allclose(values, other_values, rtol=1e-5, atol=1e-12, err_msg=key)

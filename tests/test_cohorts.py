@@ -8,17 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_same_records, records
 
 from harness import tracking
-
-SWEEP_TAGS = {"mlflow.parentRunId", "sweep_id", "owner", "cohort_size", "mlflow.runName"}
-TIMES = {"wall_seconds"}
-STORE = {
-    "tracking.uri": "each sweep writes to a store of its own"
-}  # a cohort's time is shared by its runs
 
 
 def sweep(tmp_path: Path, name: str, *args: str, module: str = "harness.sweep") -> str:
@@ -29,46 +22,6 @@ def sweep(tmp_path: Path, name: str, *args: str, module: str = "harness.sweep") 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return uri
-
-
-def records(uri: str, experiment: str) -> dict[str, dict]:
-    """Each grid point's FINISHED run by fingerprint: params, tag names and curves."""
-    tables = tracking.read_experiment(uri, experiment)
-    finished = set(tables.runs.run_id[tables.runs.status == "FINISHED"])
-    tags = tables.tags[tables.tags.run_id.isin(finished)]
-    marked = tags[tags.key == "fingerprint"]
-    fingerprints = dict(zip(marked.run_id, marked.value, strict=True))
-    found = {}
-    for run_id, fingerprint in fingerprints.items():
-        params = tables.params[tables.params.run_id == run_id]
-        metrics = tables.metrics[tables.metrics.run_id == run_id].sort_values(["key", "step"])
-        found[fingerprint] = {
-            "params": dict(zip(params.key, params.value, strict=True)),
-            "tags": set(tags[tags.run_id == run_id].key) - SWEEP_TAGS,
-            "diverged": tags[(tags.run_id == run_id) & (tags.key == "diverged")].value.item(),
-            "curves": {
-                key: (list(group.step), np.array(group.value, dtype=float))
-                for key, group in metrics.groupby("key")
-                if key not in TIMES
-            },
-        }
-    return found
-
-
-def assert_same_records(batched: dict, alone: dict, points: int) -> None:
-    """The same points, params and tag names; curves equal within 1e-5 relative."""
-    assert len(batched) == len(alone) == points
-    assert batched.keys() == alone.keys()
-    for fingerprint, run in batched.items():
-        other = alone[fingerprint]
-        assert run["params"].keys() == other["params"].keys()
-        assert run["params"] | STORE == other["params"] | STORE
-        assert run["tags"] == other["tags"] and run["diverged"] == other["diverged"]
-        assert run["curves"].keys() == other["curves"].keys()
-        for key, (steps, values) in run["curves"].items():
-            other_steps, other_values = other["curves"][key]
-            assert steps == other_steps, key
-            np.testing.assert_allclose(values, other_values, rtol=1e-5, atol=1e-12, err_msg=key)
 
 
 def test_the_smoke_study_records_the_same_runs_batched_and_one_by_one(tmp_path):

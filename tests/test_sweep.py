@@ -358,7 +358,7 @@ def test_a_worker_killed_midway_fails_its_cohort_and_the_sweep_goes_on(tmp_path,
     statuses = collections.Counter(r.info.status for r in points)
     assert statuses == {"FINISHED": 6, "FAILED": 2}
     failed = [r for r in points if r.info.status == "FAILED"]
-    assert {r.data.tags["error"] for r in failed} == {"its worker process died"}
+    assert {r.data.tags["error"] for r in failed} == {"worker died (exit code -9)"}
     assert {r.data.tags["owner"].split(":")[1] for r in failed} == {str(victim)}
     assert {r.data.params["optimizer.name"] for r in failed} == {
         failed[0].data.params["optimizer.name"]

@@ -179,6 +179,9 @@ def test_long_runs_show_their_curves_while_they_train(store_uri):
     assert run.info.status == "FINISHED" and math.isnan(run.data.metrics["train_loss"])
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [0, 1, 2, 3]
+    curve = tracking.read_experiment(store_uri, "live").metrics.query("key == 'train_loss'")
+    values = curve.sort_values("step").value.tolist()
+    assert values[:3] == [3.0, 2.0, 1.0] and math.isnan(values[3])  # not MLflow's stored 0
 
 
 def test_the_inline_writer_records_the_same_run(store_uri):

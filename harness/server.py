@@ -1,0 +1,406 @@
+"""A shared MLflow tracking server: PostgreSQL for the records, the server for the artifacts.
+
+Every node of a cluster then records through one HTTP URI (``tracking.uri=http://host:port``):
+runs, metrics and artifacts alike, the artifacts being uploaded to and served by the server.
+``python -m harness.server`` starts a private PostgreSQL cluster in a project folder (or uses
+the database given by ``--db``), the MLflow server on it, and stops both on Ctrl-C or SIGTERM.
+This module only runs processes; it does not import MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+DATABASE = "mlflow"
+SUPERUSER = "postgres"  # the cluster's superuser, and the system user that runs it as root
+DB_SCHEMES = ("postgresql", "mysql", "sqlite")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+class ServerError(RuntimeError):
+    """A server could not be started, or its programs are missing."""
+
+
+def project_root() -> Path:
+    """The checkout that holds this package (an editable install), else the working folder
+    (as ``harness.tracking.project_root``)."""
+    return PACKAGE_ROOT if (PACKAGE_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
+def postgres_bindir() -> Path:
+    """The folder of PostgreSQL's server programs: ``pg_config --bindir``, else the newest
+    ``/usr/lib/postgresql/<version>/bin``, else the one of ``initdb`` on the PATH. Raises
+    ServerError naming what to install when there is none."""
+    candidates = []
+    if shutil.which("pg_config"):
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip():
+            candidates.append(Path(found.stdout.strip()))
+    versions = Path("/usr/lib/postgresql").glob("*/bin")
+    candidates += sorted(versions, key=lambda p: _version(p.parent.name), reverse=True)
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).parent)
+    for folder in candidates:
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    raise ServerError(
+        "PostgreSQL's server programs (initdb, pg_ctl) are not installed: "
+        "apt-get install postgresql (or pass --db with the URI of an existing database)"
+    )
+
+
+def _version(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+def _http(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, or a note that there is none."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalPostgres:
+    """A private PostgreSQL cluster in ``folder``, listening on 127.0.0.1:``port`` only (and a
+    unix socket in the folder), with trust authentication and a database ``mlflow``. Run as
+    root, the cluster belongs to and runs as the ``postgres`` system user."""
+
+    def __init__(self, folder: str | Path, port: int = 5433):
+        self.folder, self.port = Path(folder).resolve(), port
+        self.bindir = postgres_bindir()
+        self.log = self.folder / "server.log"
+
+    @property
+    def uri(self) -> str:
+        """The SQLAlchemy URI of the ``mlflow`` database, naming the psycopg2 driver (the
+        ``server`` extra's; SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3)."""
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def start(self) -> None:
+        """Create the cluster if the folder holds none, start the server and wait until it
+        accepts connections, then create the database if missing. Raises ServerError when a
+        server already runs in the folder or the start fails (with the log's tail)."""
+        self._prepare_folder()
+        if not (self.folder / "PG_VERSION").is_file():
+            self._initdb()
+        if self.running():
+            raise ServerError(
+                f"a PostgreSQL server already runs in {self.folder}: stop it with "
+                f"`{shlex.join(self._command('pg_ctl', '-D', self.folder, 'stop'))}`"
+            )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {shlex.quote(str(self.folder))}"
+        start = ("-D", self.folder, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
+        self._run("pg_ctl", *start)
+        try:
+            self._create_database()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> LocalPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def running(self) -> bool:
+        """Whether a server runs in the folder."""
+        status = subprocess.run(
+            self._command("pg_ctl", "status", "-D", self.folder),
+            capture_output=True,
+            cwd=self.folder,
+        )
+        return status.returncode == 0
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are ended), if it runs."""
+        if self.folder.is_dir() and self.running():
+            self._run("pg_ctl", "-D", self.folder, "stop", "-m", "fast", "-w")
+
+    def _prepare_folder(self) -> None:
+        """Make the folder; as root, give it to the postgres user and check that user can
+        reach it (every parent folder must be traversable)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if os.getuid() != 0:
+            return
+        shutil.chown(self.folder, SUPERUSER, SUPERUSER)
+        self.folder.chmod(0o700)
+        reach = subprocess.run(self._command("test", "-w", self.folder))
+        if reach.returncode != 0:
+            raise ServerError(
+                f"PostgreSQL runs as the user {SUPERUSER}, who cannot reach {self.folder}: "
+                "every folder above it must be traversable by that user (chmod o+x)"
+            )
+
+    def _initdb(self) -> None:
+        options = ("-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C")
+        self._run("initdb", "-D", self.folder, *options)
+
+    def _create_database(self) -> None:
+        client = ("-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER)
+        query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"
+        if self._run("psql", "-X", *client, "-d", "postgres", "-tAc", query).strip() != "1":
+            self._run("createdb", *client, DATABASE)
+
+    def _command(self, program: str, *args) -> list[str]:
+        """``program`` of the cluster's bindir (a system command if not there) with ``args``;
+        as root, run as the postgres user (initdb and postgres refuse to run as root)."""
+        path = self.bindir / program
+        command = [str(path) if path.is_file() else program, *map(str, args)]
+        return ["runuser", "-u", SUPERUSER, "--", *command] if os.getuid() == 0 else command
+
+    def _run(self, program: str, *args) -> str:
+        """Run the program in the folder; its output, or ServerError with that output and the
+        server log's tail."""
+        command = self._command(program, *args)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.folder)
+        if done.returncode != 0:
+            raise ServerError(
+                f"{program} failed ({done.returncode}): {done.stdout}{done.stderr}\n"
+                f"{self.log}:\n{_tail(self.log)}"
+            )
+        return done.stdout
+
+
+class MlflowServer:
+    """``mlflow server`` on ``backend_uri``, serving the artifacts it stores in the folder
+    ``artifacts`` (so every node reaches them through HTTP). Its output goes to ``log``
+    (default: ``mlflow-server.log`` beside the artifacts folder)."""
+
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        allowed_hosts: str | None = None,
+        workers: int = min(4, os.cpu_count() or 1),
+        log: str | Path | None = None,
+    ):
+        self.backend_uri, self.artifacts = backend_uri, Path(artifacts).resolve()
+        self.host, self.port, self.allowed_hosts, self.workers = host, port, allowed_hosts, workers
+        self.log = Path(log) if log else self.artifacts.parent / "mlflow-server.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        """The tracking URI; a wildcard bind is named by this machine's host name."""
+        return _http(socket.gethostname() if self.host in WILDCARD_HOSTS else self.host, self.port)
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Launch the server in its own process group and wait until GET /health answers;
+        ServerError (with the log's tail) if the port is taken, or the server exits or does
+        not answer within ``timeout`` seconds. MLflow's job runner (GenAI jobs, seven more
+        processes) is left off."""
+        self._check_port_free()
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
+        self._wait_healthy(timeout)
+
+    def __enter__(self) -> MlflowServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _command(self) -> list[str]:
+        command = [sys.executable, "-m", "mlflow", "server"]
+        command += ["--backend-store-uri", self.backend_uri, "--serve-artifacts"]
+        command += ["--artifacts-destination", str(self.artifacts)]
+        command += ["--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
+        if self.allowed_hosts:
+            command += ["--allowed-hosts", self.allowed_hosts]
+        return command
+
+    def _check_port_free(self) -> None:
+        """ServerError if something listens on the port already (its /health would pass for
+        this server's)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as error:
+                raise ServerError(f"cannot listen on {self.host}:{self.port}: {error}") from None
+
+    def _wait_healthy(self, timeout: float) -> None:
+        local = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+        health = f"{_http(local, self.port)}/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()  # its workers, if any are left
+                raise ServerError(f"mlflow server exited; {self.log}:\n{_tail(self.log)}")
+            try:
+                urllib.request.urlopen(health, timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise ServerError(
+            f"mlflow server did not answer {health} in {timeout:.0f} s; "
+            f"{self.log}:\n{_tail(self.log)}"
+        )
+
+    def wait(self) -> int:
+        """Block until the server exits; its exit status."""
+        return self.process.wait()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Terminate the server's process group (SIGTERM, SIGKILL after ``grace`` seconds)."""
+        if self.process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.process = None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number from 1 to 65535")
+    return int(text)
+
+
+def _host(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an address to bind, e.g. 127.0.0.1 or 0.0.0.0"
+        )
+    return text.strip()
+
+
+def _database(text: str) -> str:
+    scheme = text.split("://", 1)[0].split("+", 1)[0] if "://" in text else ""
+    if scheme not in DB_SCHEMES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a database URI with scheme {', '.join(DB_SCHEMES)} "
+            "(e.g. postgresql+psycopg2://user@host:5432/mlflow)"
+        )
+    if text.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + text[len("postgresql://") :]  # the server extra's driver
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; a bad value exits with status 2 and a message naming its flag."""
+    state = project_root() / ".server"
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.server",
+        description="Run a shared MLflow tracking server (PostgreSQL records, served artifacts).",
+    )
+    parser.add_argument(
+        "--db",
+        type=_database,
+        help="database URI, e.g. postgresql+psycopg2://user@host/mlflow (default: a local "
+        "PostgreSQL in --data)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=state / "postgres",
+        help="the local PostgreSQL's folder (%(default)s)",
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=state / "artifacts",
+        help="the server's artifact store (%(default)s)",
+    )
+    parser.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="address to bind (%(default)s)"
+    )
+    parser.add_argument("--port", type=_port, default=5000, help="the server's port (%(default)s)")
+    parser.add_argument(
+        "--db-port", type=_port, default=5433, help="the local PostgreSQL's port (%(default)s)"
+    )
+    parser.add_argument("--allowed-hosts", help="Host headers the server accepts (mlflow's flag)")
+    return parser.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _announce(server: MlflowServer, backend: str) -> None:
+    """Say where the server is and how to record into it."""
+    print(f"MLflow server {server.uri} on {backend}")
+    print(f"  artifacts in {server.artifacts}, log {server.log}")
+    print(f"Record into it with tracking=server and HARNESS_SERVER_URI={server.uri},")
+    print(f"  or tracking.uri={server.uri}, or MLFLOW_TRACKING_URI={server.uri}")
+    if server.host in WILDCARD_HOSTS and not server.allowed_hosts:
+        name = f"{socket.gethostname()}:{server.port}"
+        print(
+            "Note: MLflow refuses API calls whose Host header is not localhost or a private IP "
+            f"address (/health answers anyway); to use {server.uri} from other nodes, start it "
+            f"with --allowed-hosts '{name},localhost:*,127.0.0.1:*' (the flag replaces "
+            "MLflow's default list)"
+        )
+    print("Ctrl-C stops it.", flush=True)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the database (unless ``--db``) and the server, print the tracking URI, block until
+    Ctrl-C or SIGTERM (0) or the server's own exit (1), and stop both."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            backend = args.db or stack.enter_context(LocalPostgres(args.data, args.db_port)).uri
+            server = MlflowServer(backend, args.artifacts, args.host, args.port, args.allowed_hosts)
+            stack.enter_context(server)
+            _announce(server, backend)
+            status = server.wait()
+            print(f"mlflow server exited ({status}); {server.log}:\n{_tail(server.log)}")
+            return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return serve(args)
+    except ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Executors: their settings are validated before any work, and the ``slurm`` (submitit's local
+cluster: jobs as processes here) and ``ray`` (a local Ray instance with 2 CPUs) code paths run
+real sweeps into an MLflow server on PostgreSQL, leaving the records of a local sweep; a job
+killed mid-run leaves exactly its points to the next sweep; many workers write through the
+server at once and lose nothing. The tests of the engines carry the ``cluster`` marker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, assert_same_records, records
+from mlflow.tracking import MlflowClient
+
+from harness import executors, pool, tracking
+from harness.config import ConfigError
+
+ENGINES = {
+    "slurm": ["hydra/launcher=slurm", "hydra.launcher.slurm.cluster=local"],
+    "ray": ["hydra/launcher=ray", "hydra.launcher.ray.local_cpus=2"],
+}
+
+
+def sweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m harness.sweep`` with ``args``, from the project root."""
+    command = [sys.executable, "-m", "harness.sweep", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_an_unknown_executor_is_named_with_the_choices():
+    with pytest.raises(ConfigError) as raised:
+        executors.check("kubernetes", {}, {})
+    assert raised.value.key == "hydra.launcher.executor"
+    assert "local, slurm, ray" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("slurm", "ray", "key"),
+    [
+        ({"gpus": 1}, {}, "hydra.launcher.slurm.gpus"),
+        ({"cpus_per_job": -2}, {}, "hydra.launcher.slurm.cpus_per_job"),
+        ({"cluster": "pbs"}, {}, "hydra.launcher.slurm.cluster"),
+        ({}, {"num_gpus": -1}, "hydra.launcher.ray.num_gpus"),
+        ({}, {"adress": "auto"}, "hydra.launcher.ray.adress"),
+    ],
+)
+def test_bad_executor_settings_are_named(slurm, ray, key):
+    with pytest.raises(ConfigError) as raised:
+        executors.check("local", slurm, ray)
+    assert raised.value.key == key
+
+
+def test_jobs_on_other_machines_cannot_share_a_sqlite_file():
+    slurm, ray = executors.SlurmSettings(), executors.RaySettings(address="auto")
+    for kind in ("slurm", "ray"):
+        with pytest.raises(ConfigError, match="cannot share a sqlite file"):
+            executors.check_store(kind, slurm, ray, "sqlite:////tmp/m.db")
+        executors.check_store(kind, slurm, ray, "http://127.0.0.1:5000")
+    local = executors.SlurmSettings(cluster="local")
+    executors.check_store("slurm", local, executors.RaySettings(), "sqlite:////tmp/m.db")
+
+
+def test_a_bad_executor_on_the_command_line_stops_the_sweep_before_any_run(tmp_path):
+    store = tmp_path / "m.db"
+    done = sweep(
+        "smoke",
+        "hydra.launcher.executor=kubernetes",
+        f"tracking.uri=sqlite:///{store}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert done.returncode == 2, done.stderr
+    assert "hydra.launcher.executor" in done.stderr and "kubernetes" in done.stderr
+    assert not store.exists()
+
+
+def test_the_owner_of_a_run_in_a_slurm_job_names_the_job(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    token = pool.owner_token()
+    assert token.endswith("@slurm:4242")
+    assert pool.is_alive(token)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not pool.is_alive(pool.owner_token(dead.pid))
+    elsewhere = f"{socket.gethostname()}-node7:12:34@slurm:4242"
+    assert pool.is_alive(elsewhere)  # no squeue here: nothing proves it gone
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def experiment_runs(uri: str, experiment: str) -> list:
+    """Every grid-point run of ``experiment`` (the sweep's parent left out)."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=5000) if found else []
+    return [run for run in runs if "fingerprint" in run.data.tags]
+
+
+@pytest.fixture(scope="module")
+def local_smoke(tmp_path_factory) -> dict:
+    """The smoke study's records from the local executor, into sqlite."""
+    folder = tmp_path_factory.mktemp("local")
+    uri = f"sqlite:///{folder / 'm.db'}"
+    done = sweep("smoke", f"tracking.uri={uri}", f"hydra.sweep.dir={folder}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return records(uri, "smoke")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_the_smoke_study_through_an_engine_into_the_server_matches_a_local_run(
+    engine, postgres_server, local_smoke, tmp_path
+):
+    experiment = f"smoke_{engine}"
+    done = sweep(
+        "smoke",
+        *ENGINES[engine],
+        f"tracking.uri={postgres_server}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_same_records(records(postgres_server, experiment), local_smoke, points=8)
+    owners = {run.data.tags["owner"] for run in experiment_runs(postgres_server, experiment)}
+    assert len(owners) > 1  # trained in the engine's processes, one per cohort
+
+
+def first_running_owner(uri: str, experiment: str, deadline: float) -> tuple[int, set[str]]:
+    """The pid of the first process with two RUNNING runs (a whole cohort created), and the
+    fingerprints of its runs."""
+    while time.monotonic() < deadline:
+        running = [r for r in experiment_runs(uri, experiment) if r.info.status == "RUNNING"]
+        for owner in {r.data.tags["owner"] for r in running}:
+            mine = {r.data.tags["fingerprint"] for r in running if r.data.tags["owner"] == owner}
+            if len(mine) == 2:
+                return int(owner.split(":")[1]), mine
+        time.sleep(0.2)
+    raise AssertionError("no run started in time")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_a_killed_job_leaves_exactly_its_points_to_the_next_sweep(
+    engine, postgres_server, tmp_path
+):
+    experiment = f"killed_{engine}"
+    args = [
+        "smoke",
+        *ENGINES[engine],
+        "trainer.steps=10000",
+        "hydra.launcher.max_cohort=2",
+        f"tracking.uri={postgres_server}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    command = [sys.executable, "-m", "harness.sweep", *args]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid, killed = first_running_owner(postgres_server, experiment, time.monotonic() + 120)
+    os.kill(pid, signal.SIGKILL)
+    output = first.communicate(timeout=300)[0].decode()
+    assert first.returncode == 1, output  # a job failed; the sweep went on
+    runs = experiment_runs(postgres_server, experiment)
+    status = {r.data.tags["fingerprint"]: r.info.status for r in runs}
+    assert len(status) == 8 and len(killed) == 2
+    assert {status[f] for f in killed} == {"FAILED"}
+    assert {s for f, s in status.items() if f not in killed} == {"FINISHED"}
+
+    again = sweep(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "6 skipped" in again.stdout and "2 to run" in again.stdout
+    runs = experiment_runs(postgres_server, experiment)
+    finished = [r.data.tags["fingerprint"] for r in runs if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(status)  # each point finished once, none twice
+    assert len(runs) == 10
+
+
+@pytest.mark.cluster
+def test_four_workers_write_200_runs_through_the_server_and_lose_none(postgres_server, tmp_path):
+    done = sweep(
+        "smoke",
+        "seed=range(50)",
+        "hydra.launcher.n_jobs=4",
+        "hydra.launcher.max_cohort=50",
+        f"tracking.uri={postgres_server}",
+        "tracking.experiment=many_writers",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tables = tracking.read_experiment(postgres_server, "many_writers")
+    grid = tables.tags[tables.tags.key == "fingerprint"]
+    assert grid.value.nunique() == len(grid) == 200
+    finished = tables.runs[tables.runs.run_id.isin(grid.run_id)]
+    assert set(finished.status) == {"FINISHED"}
+    points = tables.metrics[tables.metrics.run_id.isin(grid.run_id)]
+    per_run = points.groupby("run_id").size()
+    assert len(per_run) == 200 and per_run.nunique() == 1  # every curve complete
