@@ -25,6 +25,11 @@ import urllib.request
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# Database connections of each MLflow server worker: SQLAlchemy's pool and its overflow (MLflow's
+# default, 5 + 10, runs out when a few dozen jobs write at once); the local PostgreSQL allows
+# enough for 4 workers.
+POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20"}
+MAX_CONNECTIONS = 200
 DATABASE = "mlflow"
 SUPERUSER = "postgres"  # the cluster's superuser, and the system user that runs it as root
 DB_SCHEMES = ("postgresql", "mysql", "sqlite")
@@ -108,7 +113,10 @@ class LocalPostgres:
                 f"a PostgreSQL server already runs in {self.folder}: stop it with "
                 f"`{shlex.join(self._command('pg_ctl', '-D', self.folder, 'stop'))}`"
             )
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {shlex.quote(str(self.folder))}"
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c max_connections={MAX_CONNECTIONS} -p {self.port} "
+            f"-k {shlex.quote(str(self.folder))}"
+        )
         start = ("-D", self.folder, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
         self._run("pg_ctl", *start)
         try:
@@ -212,7 +220,9 @@ class MlflowServer:
         """Launch the server in its own process group and wait until GET /health answers;
         ServerError (with the log's tail) if the port is taken, or the server exits or does
         not answer within ``timeout`` seconds. MLflow's job runner (GenAI jobs, seven more
-        processes) is left off."""
+        processes) is left off. Each worker keeps up to ``POOL`` database connections (unless
+        the environment sets MLflow's variables), so that many nodes writing at once wait for
+        the database rather than fail."""
         self._check_port_free()
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +233,7 @@ class MlflowServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                env={**POOL, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
         self._wait_healthy(timeout)
 

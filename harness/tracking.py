@@ -66,7 +66,11 @@ ROLE_TAG = "role"  # "sweep" on a sweep's parent run; grid points carry no role
 OWNER_TAG = "owner"  # the process that writes the run: host:pid:start time
 SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
 ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
-CLIENT_THREADS = 8  # runs written at once through MLflow's client (an MLflow server)
+CLIENT_THREADS = 4  # runs written at once through MLflow's client (an MLflow server)
+# A server's answers that mean "busy, ask again": its database connection pool ran out, or the
+# database refused more connections. Retried after 1, 2, 4, ... s, RETRIES times at most.
+TRANSIENT = ("QueuePool limit", "too many clients", "remaining connection slots")
+RETRIES = 7
 FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
 HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
 HISTORY_LIMIT = 25_000  # points in one answer of that endpoint, at most
@@ -428,6 +432,20 @@ class DatabaseWrites:
         self._insert(connection, table, columns, rows)
 
 
+def _retrying(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, asked again while the server answers that it is busy
+    (``TRANSIENT``: the request failed before its transaction began, so nothing is written
+    twice); any other error is raised at once."""
+    for attempt in range(RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as error:
+            if attempt == RETRIES - 1 or not any(m in str(error) for m in TRANSIENT):
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _in_threads(function, items: list) -> list:
     """``function`` over ``items`` on up to ``CLIENT_THREADS`` threads, results in order; the
     first error is raised."""
@@ -448,16 +466,18 @@ class ClientWrites:
 
     def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
         def create_one(new: NewRun) -> CreatedRun:
-            run = self.client.create_run(experiment_id, run_name=new.name, tags=new.tags)
+            client = self.client
+            run = _retrying(client.create_run, experiment_id, run_name=new.name, tags=new.tags)
             params = [Param(k, v) for k, v in new.params.items()]
-            self.client.log_batch(run.info.run_id, params=params)
+            _retrying(client.log_batch, run.info.run_id, params=params)
             return CreatedRun(run.info.run_id, run.info.start_time, run.info.artifact_uri)
 
         return _in_threads(create_one, new_runs)
 
     def write(self, batch: Writes) -> None:
         def write_one(run: str) -> None:
-            self.client.log_batch(
+            _retrying(
+                self.client.log_batch,
                 run,
                 metrics=[
                     Metric(key, value, stamp, step)
@@ -468,7 +488,7 @@ class ClientWrites:
             )
             if run in batch.ended:
                 status, end = batch.ended[run]
-                self.client.set_terminated(run, status, end)
+                _retrying(self.client.set_terminated, run, status, end)
 
         _in_threads(write_one, list({*batch.metrics, *batch.tags, *batch.ended}))
 

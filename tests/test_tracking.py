@@ -300,3 +300,27 @@ def test_a_run_whose_final_write_fails_is_not_left_running(store_uri, monkeypatc
     (recorded,) = store.finish_runs([handle], [result])
     assert "database is locked" in recorded.error
     assert runs_in(store_uri)[0].info.status == "FAILED"
+
+
+def test_a_busy_server_is_asked_again_and_other_errors_are_raised_at_once(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    answers = iter(["QueuePool limit of size 5 overflow 10 reached"] * 2)
+
+    def busy_twice(value):
+        message = next(answers, None)
+        if message:
+            raise MlflowException(message)
+        return value
+
+    assert tracking._retrying(busy_twice, 7) == 7
+    calls = []
+
+    def refused(value):
+        calls.append(value)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")
+
+    with pytest.raises(MlflowException, match="no such run"):
+        tracking._retrying(refused, 1)
+    assert calls == [1]
