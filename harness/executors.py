@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -63,18 +64,30 @@ class RaySettings:
     local_cpus: int | None = None  # CPUs of a local instance (None: all of them)
 
 
+# Settings that must be at least 1 (the others that are numbers: at least 0).
+AT_LEAST_ONE = {"cpus_per_job", "mem_gb", "time_min", "array_parallelism", "local_cpus"}
+
+
 def _settings(cls, key: str, values: dict) -> Any:
-    """``cls(**values)``, with unknown keys and wrong types reported as ConfigError."""
-    known = {f.name: f for f in fields(cls)}
+    """``cls(**values)``; unknown keys and numbers out of range are reported as ConfigError."""
+    known = {f.name for f in fields(cls)}
     for name, value in values.items():
         if name not in known:
             raise ConfigError(f"{key}.{name}", value, f"expected one of {', '.join(known)}")
     built = cls(**{k: tuple(v) if k == "setup" else v for k, v in values.items()})
-    for name, value in vars(built).items():
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if number and value < 0:
-            raise ConfigError(f"{key}.{name}", value, "expected a number >= 0")
+    numbers = {name: value for name, value in vars(built).items() if _is_number(value)}
+    numbers |= {f"resources.{k}": v for k, v in getattr(built, "resources", {}).items()}
+    for name, value in numbers.items():
+        least = 1 if name in AT_LEAST_ONE else 0
+        if not _is_number(value) or value < least:
+            raise ConfigError(f"{key}.{name}", value, f"expected a number >= {least}")
+    if getattr(built, "num_cpus", 1) <= 0:
+        raise ConfigError(f"{key}.num_cpus", built.num_cpus, "expected a number > 0")
     return built
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check(kind: str, slurm: dict, ray: dict) -> tuple[SlurmSettings, RaySettings]:
@@ -90,36 +103,44 @@ def check(kind: str, slurm: dict, ray: dict) -> tuple[SlurmSettings, RaySettings
     if kind in EXTRAS and importlib.util.find_spec(EXTRAS[kind]) is None:
         allowed = f"needs {EXTRAS[kind]}: pip install -e '.[{kind}]'"
         raise ConfigError("hydra.launcher.executor", kind, allowed)
+    if kind == "slurm" and slurm_settings.cluster == "slurm" and shutil.which("sbatch") is None:
+        allowed = "a machine with SLURM's sbatch (or hydra.launcher.slurm.cluster=local)"
+        raise ConfigError("hydra.launcher.executor", kind, allowed)
     return slurm_settings, ray_settings
 
 
 def remote(kind: str, slurm: SlurmSettings, ray: RaySettings) -> bool:
     """Whether the executor's jobs may run on other machines (then they cannot share a
     sqlite file with this one)."""
-    return (kind == "slurm" and slurm.cluster == "slurm") or (
-        kind == "ray" and ray.address is not None
-    )
+    ray_cluster = ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    return (kind == "slurm" and slurm.cluster == "slurm") or (kind == "ray" and ray_cluster)
+
+
+JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 def run_cohort(work, points: list) -> Any:
     """A cluster job's body: train one cohort with ``work`` (a ``sweep.CohortWork``) and return
-    its report. SIGTERM (SLURM's preemption, time limit, scancel) and SIGINT stop training and
-    record the runs KILLED, then the job fails."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, pool.interrupt_once)
+    its report. SIGTERM (scancel, the time limit, preemption), SIGUSR2 (submitit's warning
+    before the time limit, which would otherwise requeue a preempted job and so run finished
+    points again) and SIGINT (Ray's cancel) stop training and record the runs KILLED, then the
+    job fails. The signal handlers are restored at the end (Ray reuses its workers)."""
+    previous = {signum: signal.signal(signum, pool.interrupt_once) for signum in JOB_SIGNALS}
     try:
         return work.run(points)
     finally:
         work.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class LocalExecutor:
     """The slot pool on this machine: one worker per slot, each with its environment."""
 
-    def __init__(self, environments: list[dict[str, str]], work):
-        self.environments, self.work = environments, work
+    def __init__(self, environments: list[dict[str, str]]):
+        self.environments = environments
 
-    def run(self, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
+    def run(self, work, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
         def translate(kind: str, number: int, payload) -> None:
             if kind == "lost":
                 payload = f"worker died (exit code {payload})"
@@ -127,7 +148,7 @@ class LocalExecutor:
                 on_event(kind, number, payload)
 
         environments = self.environments[: max(len(items), 1)]
-        pool.Pool(environments, self.work).run(items, translate, pins)
+        pool.Pool(environments, work).run(items, translate, pins)
 
 
 class _Jobs:
@@ -141,14 +162,16 @@ class _Jobs:
         try:
             self._drain(handles, on_event)
         except KeyboardInterrupt:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            stopping = (signal.SIGINT, signal.SIGTERM)  # a second signal must not cut this short
+            previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stopping}
             try:
                 for handle in handles.values():
                     self.cancel(handle)
                 deadline = time.monotonic() + STOP_GRACE_SECONDS
                 self._drain(handles, on_event, deadline, interrupted=True)
             finally:
-                signal.signal(signal.SIGINT, previous)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
             raise
 
     def _drain(self, handles, on_event, deadline=None, interrupted=False) -> None:
@@ -170,10 +193,9 @@ class SlurmExecutor:
     """Each cohort is one task of a SLURM job array, submitted through submitit with the
     settings' partition, GPUs, CPUs, memory, time limit, array parallelism and setup lines."""
 
-    def __init__(self, settings: SlurmSettings, folder: Path, work):
+    def __init__(self, settings: SlurmSettings, folder: Path):
         import submitit
 
-        self.work = work
         self.executor = submitit.AutoExecutor(folder=folder, cluster=settings.cluster)
         parameters = {
             "name": "harness-cohort",
@@ -188,6 +210,8 @@ class SlurmExecutor:
             parameters |= {
                 "slurm_array_parallelism": settings.array_parallelism,
                 "slurm_setup": list(settings.setup),
+                # a requeued job would train its whole cohort again, finished points too
+                "slurm_additional_parameters": {"no-requeue": True},
             }
             if settings.partition:
                 parameters["slurm_partition"] = settings.partition
@@ -201,10 +225,10 @@ class SlurmExecutor:
             lines = str(error).strip().splitlines() or [type(error).__name__]
             return "lost", f"job {job.job_id} ({job.state}): {lines[-1][:300]}"
 
-    def run(self, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
+    def run(self, work, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
         numbers = list(items)
         jobs = self.executor.map_array(
-            run_cohort, [self.work] * len(numbers), [items[n] for n in numbers]
+            run_cohort, [work] * len(numbers), [items[n] for n in numbers]
         )
         print(f"submitted {len(jobs)} job(s) to {self.executor.cluster}: {jobs[0].job_id}...")
         waiter = _Jobs(lambda job: job.done(), self._outcome, lambda job: job.cancel(check=False))
@@ -212,53 +236,49 @@ class SlurmExecutor:
 
 
 class RayExecutor:
-    """Each cohort is one Ray task asking for the settings' CPUs, GPUs and custom resources;
-    connects to ``address`` (a local instance when None) and disconnects at the end."""
+    """Each cohort is one Ray task asking for the settings' CPUs, GPUs and custom resources.
+    Connects to ``address`` (a local instance when None) at once, and refuses an ask that no
+    node of the cluster can meet (the tasks would wait forever); disconnects after ``run``."""
 
-    def __init__(self, settings: RaySettings, work):
-        self.settings, self.work = settings, work
-
-    def _connect(self):
+    def __init__(self, settings: RaySettings):
         import ray
 
+        self.ray, self.settings = ray, settings
         if not ray.is_initialized():
-            local = {"num_cpus": self.settings.local_cpus} if self.settings.address is None else {}
+            local = {"num_cpus": settings.local_cpus} if settings.address is None else {}
             ray.init(
-                address=self.settings.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                **local,
+                address=settings.address, include_dashboard=False, log_to_driver=False, **local
             )
-        return ray
-
-    def _task(self, ray):
-        gpus = self.settings.num_gpus
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        return ray.remote(run_cohort).options(
-            num_cpus=self.settings.num_cpus,
-            num_gpus=gpus,
-            resources=dict(self.settings.resources),
-            max_retries=0,
+        self.ask = {"CPU": settings.num_cpus, **settings.resources}
+        has = ray.cluster_resources()
+        self.ask["GPU"] = (
+            (1 if has.get("GPU", 0) >= 1 else 0)
+            if settings.num_gpus is None
+            else (settings.num_gpus)
         )
+        for name, amount in self.ask.items():
+            if amount > has.get(name, 0):
+                ray.shutdown()
+                key = {"CPU": "num_cpus", "GPU": "num_gpus"}.get(name, f"resources.{name}")
+                allowed = f"at most what the cluster has ({has.get(name, 0):g} {name})"
+                raise ConfigError(f"hydra.launcher.ray.{key}", amount, allowed)
 
-    @staticmethod
-    def _outcome(ray, ref) -> tuple[str, Any]:
+    def _outcome(self, ref) -> tuple[str, Any]:
         try:
-            return "done", ray.get(ref)
+            return "done", self.ray.get(ref)
         except Exception as error:  # the task raised, its worker died, or it was cancelled
             lines = str(error).strip().splitlines() or [type(error).__name__]
             return "lost", f"Ray task {ref.task_id().hex()[:12]}: {lines[-1][:300]}"
 
-    def run(self, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
-        ray = self._connect()
+    def run(self, work, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
+        ray, ask = self.ray, dict(self.ask)
         try:
-            task = self._task(ray)
-            refs = {number: task.remote(self.work, points) for number, points in items.items()}
+            task = ray.remote(run_cohort).options(
+                num_cpus=ask.pop("CPU"), num_gpus=ask.pop("GPU"), resources=ask, max_retries=0
+            )
+            refs = {number: task.remote(work, points) for number, points in items.items()}
             waiter = _Jobs(
-                lambda ref: bool(ray.wait([ref], timeout=0)[0]),
-                lambda ref: self._outcome(ray, ref),
-                lambda ref: ray.cancel(ref),
+                lambda ref: bool(ray.wait([ref], timeout=0)[0]), self._outcome, ray.cancel
             )
             waiter.wait(refs, on_event)
         finally:
@@ -301,10 +321,20 @@ def describe(kind: str, slots, slurm: SlurmSettings, ray: RaySettings) -> str:
     return f"GPUs {', '.join(gpus)}" if gpus else f"{slots.count} CPU worker(s)"
 
 
-def build(kind: str, slots, slurm: SlurmSettings, ray: RaySettings, folder: Path, work):
-    """The executor of ``kind`` over ``work`` (local: ``slots``' environments)."""
-    if kind == "slurm":
-        return SlurmExecutor(slurm, Path(slurm.folder or folder), work)
-    if kind == "ray":
-        return RayExecutor(ray, work)
-    return LocalExecutor(slots.environments(), work)
+def build(kind: str, slots, slurm: SlurmSettings, ray: RaySettings, folder: Path):
+    """The executor of ``kind`` (local: ``slots``' environments; slurm: submitit's files in
+    ``folder`` unless the settings name one), ready to run; raises ConfigError when it cannot
+    start (no SLURM here, no Ray cluster at the address, an ask the cluster cannot meet)."""
+    try:
+        if kind == "slurm":
+            return SlurmExecutor(slurm, Path(slurm.folder or folder))
+        if kind == "ray":
+            return RayExecutor(ray)
+    except ConfigError:
+        raise
+    except Exception as error:
+        key = "hydra.launcher.ray.address" if kind == "ray" else "hydra.launcher.executor"
+        value = ray.address if kind == "ray" else kind
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(key, value, f"an engine that starts; it failed: {first}") from error
+    return LocalExecutor(slots.environments())

@@ -55,19 +55,21 @@ def process_age() -> float:
 
 def owner_token(pid: int | None = None) -> str:
     """``host:pid:start`` naming a live process (this one by default) on this host, followed by
-    ``@slurm:<job id>`` in a SLURM job."""
+    ``@slurm:<job id>`` in a SLURM job (``<array job id>_<task id>`` in a job array)."""
     pid = os.getpid() if pid is None else pid
     token = f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
-    job = os.environ.get("SLURM_JOB_ID")
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
     return f"{token}@slurm:{job}" if job else token
 
 
 def _slurm_job_alive(job: str) -> bool:
-    """Whether SLURM still lists the job (queued or running); True where squeue cannot say."""
+    """Whether SLURM still lists the job as queued, running, suspended or completing; True
+    where squeue cannot say."""
+    states = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,RESIZING,SIGNALING"
+    command = ["squeue", "--noheader", "--jobs", job, "--states", states, "--format", "%i"]
     try:
-        listed = subprocess.run(
-            ["squeue", "--noheader", "--jobs", job], capture_output=True, text=True, timeout=30
-        )
+        listed = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return True
     if listed.returncode != 0:  # an unknown job id: long gone

@@ -118,8 +118,8 @@ class LocalPostgres:
             f"-k {shlex.quote(str(self.folder))}"
         )
         start = ("-D", self.folder, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
-        self._run("pg_ctl", *start)
-        try:
+        try:  # an interrupt or a failure past this point stops what was started
+            self._run("pg_ctl", *start)
             self._create_database()
         except BaseException:
             self.stop()
@@ -235,7 +235,11 @@ class MlflowServer:
                 start_new_session=True,
                 env={**POOL, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
-        self._wait_healthy(timeout)
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:  # Ctrl-C does not reach the server's own session
+            self.stop()
+            raise
 
     def __enter__(self) -> MlflowServer:
         self.start()

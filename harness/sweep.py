@@ -192,7 +192,7 @@ def compose_points(
     checker, points, axes = Checker(), [], varying_keys(job_overrides)
     started = time.perf_counter()
     jobs = composer.jobs(job_overrides, initial_job_idx)
-    job_dirs = [composer.job_dir(job) for job in jobs]
+    job_dirs = [composer.job_dir(job).absolute() for job in jobs]  # the same on every node
     timing.compose = time.perf_counter() - started
     for job, job_dir in zip(jobs, job_dirs, strict=True):
         try:
@@ -350,7 +350,8 @@ def write_job_dir(point: Point, output_subdir: str | None) -> None:
 
 class CohortWork:
     """A worker's job: train cohorts, each run recorded in MLflow as its own run, all through
-    one store opened on first use. Pickled into each worker; problems are built there, once
+    one store (``uri``, resolved once by the sweep: a job elsewhere may not see the sweep's
+    environment) opened on first use. Pickled into each worker; problems are built there, once
     each. A cohort larger than the memory budget (``memory_fraction`` of the free memory of
     the worker's device, shared by ``sharing`` workers on the host's memory) trains in pieces.
     Each worker uses ``threads`` CPU threads, so that the workers do not oversubscribe the
@@ -359,6 +360,7 @@ class CohortWork:
 
     def __init__(
         self,
+        uri: str,
         tags: dict[str, str],
         threads: int,
         memory_fraction: float,
@@ -366,7 +368,7 @@ class CohortWork:
         output_subdir: str | None,
         background: bool = True,
     ):
-        self.tags, self.threads, self.output_subdir = tags, threads, output_subdir
+        self.uri, self.tags, self.threads, self.output_subdir = uri, tags, threads, output_subdir
         self.memory_fraction, self.sharing, self.background = memory_fraction, sharing, background
         self.problems: dict[str, Problem] = {}
         self.store: tracking.Store | None = None
@@ -381,7 +383,7 @@ class CohortWork:
         if key not in self.problems:
             self.problems[key] = problem_module.build(spec)
         if self.store is None:
-            self.store = tracking.open_store(spec.tracking, self.background)
+            self.store = tracking.open_store(spec.tracking, self.background, self.uri)
         device = devices.resolve(spec.trainer.device, spec.trainer.dtype)
         fraction = self.memory_fraction / (1 if device.type == "cuda" else self.sharing)
         budget = devices.memory_budget(device, fraction)
@@ -421,9 +423,9 @@ def outcome(recorded: tracking.Recorded, result: engine.RunResult) -> Outcome:
     return Outcome(status, recorded.run_id, seconds=result.seconds)
 
 
-def run_cohorts(points, cohorts, executor, progress, timing: Timing) -> tuple[dict, bool]:
-    """Train the cohorts through the executor; returns the outcomes by position and whether
-    the sweep was interrupted. The workers' time is added to ``timing``."""
+def run_cohorts(points, cohorts, executor, work, progress, timing: Timing) -> tuple[dict, bool]:
+    """Train the cohorts through the executor with ``work``; returns the outcomes by position
+    and whether the sweep was interrupted. The workers' time is added to ``timing``."""
     outcomes: dict[int, Outcome] = {}
 
     def on_event(kind: str, number: int, payload) -> None:
@@ -446,7 +448,8 @@ def run_cohorts(points, cohorts, executor, progress, timing: Timing) -> tuple[di
             number: [points[p] for p in cohort.positions] for number, cohort in enumerate(cohorts)
         }
         pins = {n: int(c.gpu) for n, c in enumerate(cohorts) if c.gpu is not None}
-        executor.run(items, on_event, pins)
+        if items:
+            executor.run(work, items, on_event, pins)
         return outcomes, False
     except KeyboardInterrupt:
         return outcomes, True
@@ -455,10 +458,11 @@ def run_cohorts(points, cohorts, executor, progress, timing: Timing) -> tuple[di
         progress.close()
 
 
-def settle(points, outcomes: dict[int, Outcome], ledger: tracking.Ledger, known: set[str]):
+def settle(points, outcomes: dict[int, Outcome], ledger: tracking.Ledger, known: set, sweep: str):
     """Make the store and the outcomes agree once every worker or job has ended: a run left
-    RUNNING by a dead process, or by a job of this sweep that was lost or interrupted (it may
-    have run on another machine), is marked FAILED (KILLED when interrupted), and a point
+    RUNNING by a dead process, or by a job of this sweep (``sweep``: its id) that was lost or
+    interrupted (it may have run on another machine), is marked FAILED (KILLED when
+    interrupted), and a point
     reported killed or lost whose run was in fact written to the end (the signal came as it
     finished) counts as its run says."""
     ended = {
@@ -470,7 +474,7 @@ def settle(points, outcomes: dict[int, Outcome], ledger: tracking.Ledger, known:
     for record in new:
         if record.status != "RUNNING":
             continue
-        outcome = ended.get(record.fingerprint)
+        outcome = ended.get(record.fingerprint) if record.sweep == sweep else None
         if outcome is not None:
             status = "KILLED" if outcome.status == "killed" else "FAILED"
             ledger.mark(record.run_id, status, outcome.error)
@@ -591,6 +595,8 @@ def launch(
         slots = plan_slots(points, devices.gpu_ids(), options.n_jobs)
         at_once = executors.parallel_cohorts(options.executor, slots.count)
         cohorts = make_cohorts(points, plan_.todo, options.max_cohort, at_once)
+        folder = Path(str(root.hydra.sweep.dir)).absolute() / ".submitit"
+        executor = cohorts and executors.build(options.executor, slots, slurm, ray, folder)
         name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, options)
         parent = ledger.open_sweep(identity, name, params, {"study": study})
         timing.prepare = time.monotonic() - started - timing.compose - timing.validate
@@ -612,6 +618,7 @@ def launch(
     tags = {tracking.PARENT_TAG: parent, tracking.SWEEP_TAG: identity}
     local = options.executor == "local"
     work = CohortWork(
+        ledger.uri,
         tags,
         executors.threads(options.executor, slots.count, slurm, ray),
         options.memory_fraction,
@@ -619,14 +626,12 @@ def launch(
         root.hydra.output_subdir,
         background=options.executor != "ray",
     )
-    folder = Path(str(root.hydra.sweep.dir)) / ".submitit"
-    executor = executors.build(options.executor, slots, slurm, ray, folder, work)
     outcomes, interrupted = run_cohorts(
-        points, cohorts, executor, Progress(len(plan_.todo)), timing
+        points, cohorts, executor, work, Progress(len(plan_.todo)), timing
     )
     outcomes.update(plan_.skipped)
 
-    settle(points, outcomes, ledger, known={r.run_id for r in records})
+    settle(points, outcomes, ledger, {r.run_id for r in records}, identity)
     failed = any(o.status == "failed" for o in outcomes.values())
     status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
     title = (

@@ -6,9 +6,10 @@ fingerprint, the divergence flag, the device, library versions and the git commi
 resolved config is an artifact. A run that raises is recorded FAILED (KILLED on Ctrl-C) with
 its error, never left RUNNING.
 
-Every call takes a cohort of runs, and their writes are batched: runs are created one by one,
-then params, curves, end-of-run metrics, tags and statuses of the whole cohort go in one
-transaction on a database store (sqlite, PostgreSQL, MySQL). The writes run in a forked writer
+Every call takes a cohort of runs, and their writes are batched: on a database store (sqlite,
+PostgreSQL, MySQL) the cohort's runs are created with their params and tags in one
+transaction, and their curves, end-of-run metrics, tags and statuses go in another; on an
+MLflow server they go through the client, several runs at a time. The writes run in a forked writer
 process (where the platform forks), so they overlap training; ``finish_runs`` and ``fail_runs``
 return only once everything queued for the runs is written.
 """
@@ -63,13 +64,13 @@ PARAM_TAG_LIMIT = 100  # and on params plus tags
 PARENT_TAG = "mlflow.parentRunId"  # how the MLflow UI nests a sweep's runs under its parent
 SWEEP_TAG = "sweep_id"
 ROLE_TAG = "role"  # "sweep" on a sweep's parent run; grid points carry no role
-OWNER_TAG = "owner"  # the process that writes the run: host:pid:start time
+OWNER_TAG = "owner"  # the process that writes the run: host:pid:start time[@slurm:job]
 SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
 ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
 CLIENT_THREADS = 4  # runs written at once through MLflow's client (an MLflow server)
-# A server's answers that mean "busy, ask again": its database connection pool ran out, or the
-# database refused more connections. Retried after 1, 2, 4, ... s, RETRIES times at most.
-TRANSIENT = ("QueuePool limit", "too many clients", "remaining connection slots")
+# A server's answer that means "busy, ask again": its database connection pool ran out (MLflow
+# answers 400; its HTTP layer already retries 5xx answers). Retried after 1, 2, 4, ... s.
+TRANSIENT = ("QueuePool limit",)
 RETRIES = 7
 FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
 HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
@@ -611,8 +612,10 @@ def _messages(inbox, parent: int):
 def _serve(uri: str, inbox, outbox, parent: int, options: dict) -> None:
     """The writer process: run Recorder calls in order; reply where asked, with the errors met
     for the call's handles. A run whose writes failed is ended FAILED at its finish. Ctrl-C is
-    left to the parent, which records KILLED."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    left to the parent, which records KILLED, and so are SIGTERM and SIGUSR2 (a SLURM job's
+    end: SLURM signals every process of the job); the writer ends when its parent does."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     # Forget stores inherited from the parent: their sqlite connections must not be shared.
     _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
     recorder, errors = None, {}
@@ -799,6 +802,7 @@ class RunRecord:
     status: str  # RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
     owner: str  # the OWNER_TAG of the process that wrote it, "" if unknown
     diverged: bool = False
+    sweep: str = ""  # the SWEEP_TAG of the sweep that ran it
 
 
 def _all_runs(client: MlflowClient, experiment_id: str):
@@ -836,6 +840,7 @@ class Ledger:
                 run.info.status,
                 run.data.tags.get(OWNER_TAG, ""),
                 run.data.tags.get("diverged") == "true",
+                run.data.tags.get(SWEEP_TAG, ""),
             )
             for run in _all_runs(self.client, self.experiment_id)
             if run.data.tags.get(ROLE_TAG) != "sweep" and "fingerprint" in run.data.tags
@@ -999,10 +1004,10 @@ def log_report(uri: str, experiment: str, folder: Path) -> str:
     return run_id
 
 
-def open_store(cfg: TrackingConfig, background: bool = True) -> Store:
-    """Resolve and check the URI, then open the store and its experiment (``background``:
-    see ``Store``)."""
-    uri = resolve_uri(cfg.uri)
+def open_store(cfg: TrackingConfig, background: bool = True, uri: str | None = None) -> Store:
+    """Resolve and check the URI (``uri``, the sweep's already resolved one, else the
+    config's), then open the store and its experiment (``background``: see ``Store``)."""
+    uri = uri or resolve_uri(cfg.uri)
     check_uri(uri)
     try:
         return Store(uri, cfg.experiment, background)

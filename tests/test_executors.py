@@ -7,6 +7,7 @@ server at once and lose nothing. The tests of the engines carry the ``cluster`` 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,10 @@ def test_an_unknown_executor_is_named_with_the_choices():
     [
         ({"gpus": 1}, {}, "hydra.launcher.slurm.gpus"),
         ({"cpus_per_job": -2}, {}, "hydra.launcher.slurm.cpus_per_job"),
+        ({"array_parallelism": 0}, {}, "hydra.launcher.slurm.array_parallelism"),
+        ({}, {"local_cpus": 0}, "hydra.launcher.ray.local_cpus"),
+        ({}, {"num_cpus": 0}, "hydra.launcher.ray.num_cpus"),
+        ({}, {"resources": {"big_memory": -1}}, "hydra.launcher.ray.resources.big_memory"),
         ({"cluster": "pbs"}, {}, "hydra.launcher.slurm.cluster"),
         ({}, {"num_gpus": -1}, "hydra.launcher.ray.num_gpus"),
         ({}, {"adress": "auto"}, "hydra.launcher.ray.adress"),
@@ -56,6 +61,15 @@ def test_bad_executor_settings_are_named(slurm, ray, key):
     with pytest.raises(ConfigError) as raised:
         executors.check("local", slurm, ray)
     assert raised.value.key == key
+
+
+def test_slurm_jobs_need_slurm_here():
+    if shutil.which("sbatch"):
+        pytest.skip("this machine has SLURM")
+    with pytest.raises(ConfigError, match="sbatch") as raised:
+        executors.check("slurm", {"cluster": "slurm"}, {})
+    assert raised.value.key == "hydra.launcher.executor"
+    executors.check("slurm", {"cluster": "local"}, {})
 
 
 def test_jobs_on_other_machines_cannot_share_a_sqlite_file():
@@ -120,15 +134,20 @@ def test_the_smoke_study_through_an_engine_into_the_server_matches_a_local_run(
     engine, postgres_server, local_smoke, tmp_path
 ):
     experiment = f"smoke_{engine}"
-    done = sweep(
+    args = (
         "smoke",
         *ENGINES[engine],
         f"tracking.uri={postgres_server}",
         f"tracking.experiment={experiment}",
         f"hydra.sweep.dir={tmp_path}",
     )
+    done = sweep(*args)
     assert done.returncode == 0, done.stdout + done.stderr
     assert_same_records(records(postgres_server, experiment), local_smoke, points=8)
+    again = sweep(*args)  # nothing left to run: no job is started
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "8 skipped" in again.stdout and "0 to run" in again.stdout
+    assert len(experiment_runs(postgres_server, experiment)) == 8
     owners = {run.data.tags["owner"] for run in experiment_runs(postgres_server, experiment)}
     assert len(owners) > 1  # trained in the engine's processes, one per cohort
 
@@ -202,3 +221,19 @@ def test_four_workers_write_200_runs_through_the_server_and_lose_none(postgres_s
     points = tables.metrics[tables.metrics.run_id.isin(grid.run_id)]
     per_run = points.groupby("run_id").size()
     assert len(per_run) == 200 and per_run.nunique() == 1  # every curve complete
+
+
+@pytest.mark.cluster
+def test_a_ray_ask_the_cluster_cannot_meet_stops_the_sweep_before_any_run(tmp_path):
+    store = tmp_path / "m.db"
+    done = sweep(
+        "smoke",
+        *ENGINES["ray"],
+        "hydra.launcher.ray.num_cpus=3",
+        f"tracking.uri=sqlite:///{store}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "hydra.launcher.ray.num_cpus" in done.stderr and "2 CPU" in done.stderr
+    client = MlflowClient(f"sqlite:///{store}")
+    assert not client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
