@@ -128,6 +128,8 @@ def run_cohort(work, points: list) -> Any:
     previous = {signum: signal.signal(signum, pool.interrupt_once) for signum in JOB_SIGNALS}
     try:
         return work.run(points)
+    except KeyboardInterrupt as stop:  # an Exception, so that the engines report it at once
+        raise RuntimeError(f"interrupted: {stop}") from None
     finally:
         work.close()
         for signum, handler in previous.items():
@@ -178,10 +180,8 @@ class _Jobs:
         while handles and (deadline is None or time.monotonic() < deadline):
             for number, handle in list(handles.items()):
                 if self.done(handle):
-                    kind, payload = self.outcome(handle)
-                    if interrupted and kind == "lost":
-                        kind, payload = "interrupted", None
-                    on_event(kind, number, payload)
+                    kind, payload = ("interrupted", None) if interrupted else self.outcome(handle)
+                    on_event(kind, number, payload)  # (settle counts a run that finished)
                     del handles[number]
             if handles:
                 time.sleep(POLL_SECONDS)
@@ -218,6 +218,17 @@ class SlurmExecutor:
         self.executor.update_parameters(**parameters)
 
     @staticmethod
+    def _cancel(job) -> None:
+        """scancel on SLURM (SIGTERM to the job, SIGKILL after its KillWait). A local job is
+        sent SIGTERM, which submitit's local controller passes on to the job's process (its own
+        ``cancel`` sends SIGINT, which a process started in the background ignores)."""
+        process = getattr(job, "_process", None)
+        if process is None:
+            job.cancel(check=False)
+        elif process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    @staticmethod
     def _outcome(job) -> tuple[str, Any]:
         try:
             return "done", job.result()
@@ -231,7 +242,7 @@ class SlurmExecutor:
             run_cohort, [work] * len(numbers), [items[n] for n in numbers]
         )
         print(f"submitted {len(jobs)} job(s) to {self.executor.cluster}: {jobs[0].job_id}...")
-        waiter = _Jobs(lambda job: job.done(), self._outcome, lambda job: job.cancel(check=False))
+        waiter = _Jobs(lambda job: job.done(), self._outcome, self._cancel)
         waiter.wait(dict(zip(numbers, jobs, strict=True)), on_event)
 
 

@@ -237,3 +237,22 @@ def test_a_ray_ask_the_cluster_cannot_meet_stops_the_sweep_before_any_run(tmp_pa
     assert "hydra.launcher.ray.num_cpus" in done.stderr and "2 CPU" in done.stderr
     client = MlflowClient(f"sqlite:///{store}")
     assert not client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_a_stopped_sweep_stops_its_jobs_and_records_their_runs_killed(engine, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    args = [*ENGINES[engine], "trainer.steps=1000000", "hydra.launcher.max_cohort=2"]
+    command = [sys.executable, "-m", "harness.sweep", "smoke", *args, f"tracking.uri={uri}"]
+    command.append(f"hydra.sweep.dir={tmp_path}")
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid, _ = first_running_owner(uri, "smoke", time.monotonic() + 120)
+    first.send_signal(signal.SIGTERM)
+    output = first.communicate(timeout=120)[0].decode()
+    assert first.returncode == 130, output
+    assert "| killed | 8 |" in output
+    runs = experiment_runs(uri, "smoke")
+    assert runs and {r.info.status for r in runs} == {"KILLED"}
+    with pytest.raises(ProcessLookupError):  # the job's process is gone
+        os.kill(pid, 0)
