@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -324,3 +325,14 @@ def test_a_busy_server_is_asked_again_and_other_errors_are_raised_at_once(monkey
     with pytest.raises(MlflowException, match="no such run"):
         tracking._retrying(refused, 1)
     assert calls == [1]
+
+
+def test_mlflow_telemetry_is_off_unless_asked_for():
+    """Its thread unsets an environment variable while writer threads copy os.environ."""
+    code = "import harness.tracking; from mlflow.telemetry.client import get_telemetry_client as t;"
+    code += " print(t())"
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment
+    )
+    assert done.stdout.strip() == "None", done.stderr
