@@ -206,15 +206,14 @@ class SlurmExecutor:
             "tasks_per_node": 1,
             "nodes": 1,
         }
-        if settings.cluster == "slurm":
-            parameters |= {
-                "slurm_array_parallelism": settings.array_parallelism,
-                "slurm_setup": list(settings.setup),
-                # a requeued job would train its whole cohort again, finished points too
-                "slurm_additional_parameters": {"no-requeue": True},
-            }
-            if settings.partition:
-                parameters["slurm_partition"] = settings.partition
+        parameters |= {  # checked by submitit on its local cluster too, which ignores them
+            "slurm_array_parallelism": settings.array_parallelism,
+            "slurm_setup": list(settings.setup),
+            # a requeued job would train its whole cohort again, finished points too
+            "slurm_additional_parameters": {"no-requeue": True},
+        }
+        if settings.partition:
+            parameters["slurm_partition"] = settings.partition
         self.executor.update_parameters(**parameters)
 
     @staticmethod

@@ -22,7 +22,12 @@ from harness import executors, pool, tracking
 from harness.config import ConfigError
 
 ENGINES = {
-    "slurm": ["hydra/launcher=slurm", "hydra.launcher.slurm.cluster=local"],
+    "slurm": [  # the SLURM settings are checked by submitit, then ignored by its local cluster
+        "hydra/launcher=slurm",
+        "hydra.launcher.slurm.cluster=local",
+        "hydra.launcher.slurm.partition=gpu",
+        "hydra.launcher.slurm.setup=[true]",
+    ],
     "ray": ["hydra/launcher=ray", "hydra.launcher.ray.local_cpus=2"],
 }
 
