@@ -68,6 +68,7 @@ def test_bad_executor_settings_are_named(slurm, ray, key):
     assert raised.value.key == key
 
 
+@pytest.mark.cluster  # with submitit installed
 def test_slurm_jobs_need_slurm_here():
     if shutil.which("sbatch"):
         pytest.skip("this machine has SLURM")
