@@ -85,7 +85,19 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class LocalPostgres:
+class _Service:
+    """A server process of ours (a subclass defines ``start`` and ``stop``), used as a context
+    manager: started on entry, stopped on exit."""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LocalPostgres(_Service):
     """A private PostgreSQL cluster in ``folder``, listening on 127.0.0.1:``port`` only (and a
     unix socket in the folder), with trust authentication and a database ``mlflow``. Run as
     root, the cluster belongs to and runs as the ``postgres`` system user."""
@@ -124,13 +136,6 @@ class LocalPostgres:
         except BaseException:
             self.stop()
             raise
-
-    def __enter__(self) -> LocalPostgres:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def running(self) -> bool:
         """Whether a server runs in the folder."""
@@ -191,7 +196,7 @@ class LocalPostgres:
         return done.stdout
 
 
-class MlflowServer:
+class MlflowServer(_Service):
     """``mlflow server`` on ``backend_uri``, serving the artifacts it stores in the folder
     ``artifacts`` (so every node reaches them through HTTP). Its output goes to ``log``
     (default: ``mlflow-server.log`` beside the artifacts folder)."""
@@ -237,16 +242,9 @@ class MlflowServer:
             )
         try:
             self._wait_healthy(timeout)
-        except BaseException:  # Ctrl-C does not reach the server's own session
+        except BaseException:  # stop its workers, if any are left (Ctrl-C does not reach them)
             self.stop()
             raise
-
-    def __enter__(self) -> MlflowServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _command(self) -> list[str]:
         command = [sys.executable, "-m", "mlflow", "server"]
@@ -274,14 +272,12 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.stop()  # its workers, if any are left
                 raise ServerError(f"mlflow server exited; {self.log}:\n{_tail(self.log)}")
             try:
                 urllib.request.urlopen(health, timeout=2).close()
                 return
             except OSError:
                 time.sleep(0.25)
-        self.stop()
         raise ServerError(
             f"mlflow server did not answer {health} in {timeout:.0f} s; "
             f"{self.log}:\n{_tail(self.log)}"
