@@ -47,8 +47,8 @@ studies: install ## list the studies and the question each answers
 report: install ## the HTML report of a study: make report EXP=lr_sensitivity
 	$(BIN)/python -m reports $(EXP) $(ARGS)
 
-ui: install ## browse the runs in the MLflow UI on http://127.0.0.1:5000 (PORT=..., STORE=...)
-	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
+ui: install ## browse the runs in the MLflow UI; prints each study's address (PORT=..., STORE=...)
+	$(BIN)/python -m harness.ui --store '$(STORE)' --host 127.0.0.1 --port $(PORT)
 
 server: $(BIN)/.server ## shared MLflow server on a local PostgreSQL (HOST=..., PORT=..., DB=<database URI>)
 	$(BIN)/python -m harness.server --host $(HOST) --port $(PORT) $(if $(DB),--db '$(DB)') $(ARGS)

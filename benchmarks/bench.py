@@ -37,24 +37,17 @@ from pathlib import Path
 
 import torch
 from compose_bench import bench_compose
-from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 
-from harness import config, engine, tracking, train
+from harness import config, engine, records, train
 from harness import problem as problem_module
-from harness.compose import Composer
+from harness.compose import Composer, compose_spec, grid_jobs
 from reports.collect import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
-
-
-def compose_spec(*overrides: str) -> config.RunConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return config.to_spec(compose("config", overrides=list(overrides)))
 
 
 def bare_torch_loop(
@@ -102,7 +95,7 @@ def bench_single_run() -> dict[str, float]:
     harness_times, bare_times = [], []
     with tempfile.TemporaryDirectory() as folder:
         spec.tracking.uri = f"sqlite:///{folder}/bench.db"
-        store = tracking.open_store(spec.tracking)
+        store = records.open_store(spec.tracking)
         train.train_and_record(spec, problem, store)  # warm-up
         bare_torch_loop(problem, 30, 32, 1e-3, 0)
         for _ in range(REPEATS):
@@ -145,11 +138,7 @@ def gabor_grid() -> list[config.RunConfig]:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         loader = GlobalHydra.instance().hydra.config_loader
         master = loader.load_configuration("config", [study], RunMode.MULTIRUN)
-        params = master.hydra.sweeper.params
-        arguments = [study] + [f"{key}={value}" for key, value in params.items()]
-        parsed = OverridesParser.create().parse_overrides(arguments)
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
-        tasks = Composer(loader, master).jobs(jobs, 0)
+        tasks = Composer(loader, master).jobs(grid_jobs(master, loader), 0)
     specs = [config.to_spec(job.task) for job in tasks]
     for spec in specs:
         spec.trainer.device = "cpu"
@@ -185,9 +174,9 @@ def bench_tracking(runs: int = 200) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{folder}/tracking.db"
         client = mlflow.MlflowClient(tracking_uri=uri)
-        store = tracking.Store(uri, "harness")  # creates the schema and the experiment
+        store = records.Store(uri, "harness")  # creates the schema and the experiment
         started = time.perf_counter()
-        params = [tracking.run_params(spec) for spec in specs]
+        params = [records.run_params(spec) for spec in specs]
         handles = store.start_runs(specs, [f"run {i}" for i in range(runs)], params, [{}] * runs)
         store.log_curves(handles, [r.curves for r in results], results[0].seconds_at)
         recorded = store.finish_runs(handles, results)
@@ -327,7 +316,7 @@ def write_study(uri: str, runs: int = 1000, points: int = 200) -> None:
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("collect")
-    params = tracking.run_params(compose_spec("optimizer=adam"))
+    params = records.run_params(compose_spec("optimizer=adam"))
     for index in range(runs):
         run = client.create_run(experiment, run_name=f"run {index}")
         values = {**params, "optimizer.lr": str(10 ** (-4 + 4 * index / runs)), "seed": str(index)}

@@ -44,7 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from antlr4 import ParserRuleContext
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -53,6 +56,30 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict
 from omegaconf._utils import _get_value
 from omegaconf.grammar_parser import parse
+
+import harness.registry  # noqa: F401  (registers every option's schema for compose_spec)
+from harness import config
+from harness.paths import CONFIG_DIR
+
+
+def compose_spec(*overrides: str) -> config.RunConfig:
+    """The validated spec of ``conf/config.yaml`` with ``overrides``, composed by Hydra's
+    compose API (outside any Hydra app), every option's schema registered."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return config.to_spec(hydra_compose("config", overrides=list(overrides)))
+
+
+def grid_jobs(master: DictConfig, loader: ConfigLoader | None = None) -> list[list[str]]:
+    """The job overrides of a multirun of ``master`` (a config composed with its ``hydra``
+    node), as Hydra's basic sweeper expands them in one batch: the sweeper's ``params``, then
+    the command line's overrides (``hydra.overrides.task``). ``loader`` lets the parser tell
+    config groups apart, as in a running sweep."""
+    params = master.hydra.sweeper.params or {}
+    lines = [f"{key}={value}" for key, value in params.items()]
+    lines += OmegaConf.to_container(master.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(lines)
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return batch
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Structured configs: the schema of every config group, validated once.
 
 Each option of a group (``conf/<group>/<option>.yaml``) starts from a dataclass stored in
-Hydra's ConfigStore under ``schema/<group>/<option>``, so OmegaConf checks types and unknown
+Hydra's ConfigStore under ``schema/<group>/<option>`` by :func:`register` (which importing
+:mod:`harness.registry` calls with every :class:`Option`), so OmegaConf checks types and unknown
 keys while composing. Ranges are checked in ``__post_init__``, which runs when
 :func:`to_spec` turns the composed config into these dataclasses, and cross-group fits (model
 and loss, optimizer and batch size) are checked by :func:`check_combination`. Every failure is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -217,7 +219,7 @@ class OptimizerConfig:
 class LineSearchConfig:
     """Bracketing line search along -grad over [0, max_dist]."""
 
-    name: str = "gd_linesearch"
+    name: str = MISSING
     max_dist: float = 1.0
     tol: float = 1e-4
     max_iter: int = 10
@@ -285,7 +287,6 @@ class AdamConfig(OptimizerConfig):
 class TorchOptimizerConfig(OptimizerConfig):
     """Any ``torch.optim`` class by name, with its keyword arguments; runs as a cohort of one."""
 
-    name: str = "torch"
     class_name: str = "AdamW"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -448,68 +449,50 @@ class RunConfig:
     run_name: str | None = None
 
 
-SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {
-        "linear_toy": ToyDatasetConfig,
-        "gabor_toy": ToyDatasetConfig,
-        "regression1d": GeneratedDatasetConfig,
-        "blobs": GeneratedDatasetConfig,
-        "moons": GeneratedDatasetConfig,
-        "diabetes": SklearnDatasetConfig,
-        "breast_cancer": SklearnDatasetConfig,
-        "digits": SklearnDatasetConfig,
-        "wine": SklearnDatasetConfig,
-        "mnist": IdxDatasetConfig,
-        "fashion_mnist": IdxDatasetConfig,
-        "none": NoDatasetConfig,
-    },
-    "model": {
-        "linear": ModelConfig,
-        "gabor": GaborModelConfig,
-        "logistic": ModelConfig,
-        "softmax": ModelConfig,
-        "mlp": MlpModelConfig,
-        "adam_demo": ModelConfig,
-        "rosenbrock": RosenbrockModelConfig,
-    },
-    "loss": {
-        "least_squares": LeastSquaresLossConfig,
-        "gaussian_nll": LossConfig,
-        "bce": LossConfig,
-        "cross_entropy": LossConfig,
-        "surface": LossConfig,
-    },
-    "optimizer": {
-        "gd": OptimizerConfig,
-        "gd_linesearch": LineSearchConfig,
-        "sgd": OptimizerConfig,
-        "momentum": MomentumConfig,
-        "nesterov": NesterovConfig,
-        "normalized": NormalizedConfig,
-        "adam": AdamConfig,
-        "torch": TorchOptimizerConfig,
-    },
-    "schedule": {
-        "constant": ScheduleConfig,
-        "step": StepScheduleConfig,
-        "exponential": ExponentialScheduleConfig,
-        "cosine": CosineScheduleConfig,
-        "warmup_cosine": CosineScheduleConfig,
-        "plateau": PlateauScheduleConfig,
-    },
-}
+# ----------------------------------------------------------------------------- options
 
 
-def register_configs() -> None:
-    """Store the run schema and every option's schema in Hydra's ConfigStore."""
+@dataclass(frozen=True)
+class Option:
+    """One option of a config group (``conf/<group>/<name>.yaml``): the ``schema`` its config
+    starts from and ``build``, which makes what the config names. Each group's table of options
+    lives beside its builders (``data.OPTIONS``, ``models.OPTIONS``, ...), the only place an
+    option's name is written in code."""
+
+    schema: type
+    build: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ModelOption(Option):
+    """A model and the ``losses`` it takes; a ``surface`` is itself the loss and takes no data."""
+
+    losses: tuple[str, ...]
+    surface: bool = False
+
+
+@dataclass(frozen=True)
+class OptimizerOption(Option):
+    """An optimizer; a ``full_batch`` one takes the whole training split at every update, one
+    that trains ``alone`` trains one run at a time (never in a cohort)."""
+
+    full_batch: bool = False
+    alone: bool = False
+
+
+_OPTIONS: dict[str, dict[str, Option]] = {}
+
+
+def register(options: dict[str, dict[str, Option]]) -> None:
+    """Store the run schema and each option's schema, as ``schema/<group>/<name>``, in Hydra's
+    ConfigStore, and keep ``options`` (group -> name -> option) for :func:`check_combination`.
+    Composing a config needs this done first: importing :mod:`harness.registry` does it."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
-    for group, options in SCHEMAS.items():
-        for option, schema in options.items():
-            store.store(group=f"schema/{group}", name=option, node=schema(name=option))
-
-
-register_configs()
+    for group, named in options.items():
+        for name, option in named.items():
+            store.store(group=f"schema/{group}", name=name, node=option.schema(name=name))
+    _OPTIONS.update(options)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -526,32 +509,22 @@ def to_spec(cfg: DictConfig) -> RunConfig:
     return spec
 
 
-MODEL_LOSSES = {
-    "linear": ("least_squares", "gaussian_nll"),
-    "gabor": ("least_squares",),
-    "logistic": ("bce",),
-    "softmax": ("cross_entropy",),
-    "mlp": ("least_squares", "gaussian_nll", "bce", "cross_entropy"),
-    "adam_demo": ("surface",),
-    "rosenbrock": ("surface",),
-}
-SURFACE_MODELS = ("adam_demo", "rosenbrock")
-FULL_BATCH_OPTIMIZERS = ("gd", "gd_linesearch")
-
-
 def check_combination(spec: RunConfig) -> None:
-    """Checks across groups that need no data: model/loss, surfaces, full-batch optimizers."""
+    """Checks across groups that need no data: model/loss, surfaces, full-batch optimizers.
+    The facts come from the options given to :func:`register`."""
+    models = _OPTIONS["model"]
     model, loss = spec.model.name, spec.loss.name
-    allowed = MODEL_LOSSES[model]
+    allowed = models[model].losses
     _require(loss in allowed, "loss", loss, f"model {model} takes loss {', '.join(allowed)}")
-    surface = model in SURFACE_MODELS
+    surface = models[model].surface
+    surfaces = ", ".join(name for name, option in models.items() if option.surface)
     _require(
-        surface == (spec.dataset.name == "none"),
+        surface == isinstance(spec.dataset, NoDatasetConfig),
         "dataset",
         spec.dataset.name,
-        "surface models (adam_demo, rosenbrock) take dataset=none, and only they do",
+        f"surface models ({surfaces}) take dataset=none, and only they do",
     )
-    if spec.optimizer.name in FULL_BATCH_OPTIMIZERS:
+    if _OPTIONS["optimizer"][spec.optimizer.name].full_batch:
         _require(
             spec.trainer.batch_size is None,
             "trainer.batch_size",
@@ -571,7 +544,7 @@ def check_combination(spec: RunConfig) -> None:
             spec.trainer.epochs,
             "a loss surface has no data: train by trainer.steps",
         )
-    if spec.schedule.name == "plateau" and spec.schedule.monitor == "val":
+    if getattr(spec.schedule, "monitor", None) == "val":
         _require(
             spec.dataset.val_fraction > 0,
             "schedule.monitor",

@@ -12,13 +12,23 @@ import gzip
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness.config import ConfigError, DatasetConfig
+from harness.config import (
+    ConfigError,
+    DatasetConfig,
+    GeneratedDatasetConfig,
+    IdxDatasetConfig,
+    NoDatasetConfig,
+    Option,
+    SklearnDatasetConfig,
+    ToyDatasetConfig,
+)
 
 REGRESSION, BINARY, MULTICLASS, NO_DATA = "regression", "binary", "multiclass", "none"
 
@@ -122,10 +132,6 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-IDX_SOURCES = {
-    "mnist": "the MNIST page (yann.lecun.com/exdb/mnist) or any mirror of it",
-    "fashion_mnist": "github.com/zalandoresearch/fashion-mnist (data/fashion)",
-}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -150,8 +156,9 @@ def _find_idx(root: Path, base: str) -> Path | None:
     return None
 
 
-def _idx(cfg: DatasetConfig) -> Arrays:
-    """Images scaled to [0, 1] and flattened; the t10k files are the test split."""
+def _idx(cfg: DatasetConfig, source: str) -> Arrays:
+    """Images scaled to [0, 1] and flattened; the t10k files are the test split. Missing files
+    are an error that says where to download them: ``source``."""
     root = Path(cfg.root).expanduser()
     parts = {}
     for part, (images_name, labels_name) in IDX_FILES.items():
@@ -162,7 +169,7 @@ def _idx(cfg: DatasetConfig) -> Arrays:
                 "dataset.root",
                 str(root),
                 f"expected the four {cfg.name} IDX files ({names}, optionally .gz) there; "
-                f"download them from {IDX_SOURCES[cfg.name]} and set dataset.root to their folder",
+                f"download them from {source} and set dataset.root to their folder",
             )
         pixels = read_idx(images)
         x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255.0
@@ -177,20 +184,27 @@ def _no_data(_: DatasetConfig) -> Arrays:
     return Arrays(np.zeros((0, 0)), np.zeros(0), NO_DATA)
 
 
-LOADERS: dict[str, Callable[[DatasetConfig], Arrays]] = {
-    "linear_toy": _toy("udl_linear_toy.csv"),
-    "gabor_toy": _toy("udl_gabor_toy.csv"),
-    "regression1d": _regression1d,
-    "blobs": _blobs,
-    "moons": _moons,
-    "diabetes": _sklearn("load_diabetes", REGRESSION),
-    "breast_cancer": _sklearn("load_breast_cancer", BINARY),
-    "digits": _sklearn("load_digits", MULTICLASS),
-    "wine": _sklearn("load_wine", MULTICLASS),
-    "mnist": _idx,
-    "fashion_mnist": _idx,
-    "none": _no_data,
+OPTIONS: dict[str, Option] = {
+    "linear_toy": Option(ToyDatasetConfig, _toy("udl_linear_toy.csv")),
+    "gabor_toy": Option(ToyDatasetConfig, _toy("udl_gabor_toy.csv")),
+    "regression1d": Option(GeneratedDatasetConfig, _regression1d),
+    "blobs": Option(GeneratedDatasetConfig, _blobs),
+    "moons": Option(GeneratedDatasetConfig, _moons),
+    "diabetes": Option(SklearnDatasetConfig, _sklearn("load_diabetes", REGRESSION)),
+    "breast_cancer": Option(SklearnDatasetConfig, _sklearn("load_breast_cancer", BINARY)),
+    "digits": Option(SklearnDatasetConfig, _sklearn("load_digits", MULTICLASS)),
+    "wine": Option(SklearnDatasetConfig, _sklearn("load_wine", MULTICLASS)),
+    "mnist": Option(
+        IdxDatasetConfig,
+        partial(_idx, source="the MNIST page (yann.lecun.com/exdb/mnist) or any mirror of it"),
+    ),
+    "fashion_mnist": Option(
+        IdxDatasetConfig,
+        partial(_idx, source="github.com/zalandoresearch/fashion-mnist (data/fashion)"),
+    ),
+    "none": Option(NoDatasetConfig, _no_data),
 }
+"""Every data set by name: its schema and its loader, which returns all (x, y) pairs."""
 
 
 # ----------------------------------------------------------------------------- split
@@ -217,7 +231,7 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 def load(cfg: DatasetConfig) -> Dataset:
     """Load, split and standardise the data set ``cfg`` names."""
-    arrays = LOADERS[cfg.name](cfg)
+    arrays = OPTIONS[cfg.name].build(cfg)
     if arrays.test is not None and cfg.test_fraction > 0:
         raise ConfigError(
             "dataset.test_fraction",

@@ -23,14 +23,13 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness import pool
+from harness import pool, stopping
 from harness.config import ConfigError
+from harness.sweep.settings import LauncherSettings, RaySettings, SlurmSettings
 
-KINDS = ("local", "slurm", "ray")
 EXTRAS = {"slurm": "submitit", "ray": "ray"}  # the module each cluster executor needs
 POLL_SECONDS = 1.0  # how often cluster jobs are asked whether they are done
 STOP_GRACE_SECONDS = 60.0  # how long cancelled jobs may take to record their runs KILLED
@@ -38,75 +37,17 @@ STOP_GRACE_SECONDS = 60.0  # how long cancelled jobs may take to record their ru
 OnEvent = Callable[[str, int, Any], None]
 
 
-@dataclass(frozen=True)
-class SlurmSettings:
-    """``hydra.launcher.slurm``: the resources of each job (one cohort per job)."""
-
-    partition: str | None = None
-    gpus_per_job: int = 0
-    cpus_per_job: int = 4
-    mem_gb: int = 16
-    time_min: int = 60
-    array_parallelism: int = 32  # jobs of the array running at once
-    setup: tuple[str, ...] = ()  # shell lines run before each job (modules, venv)
-    folder: str | None = None  # submitit's scripts and logs; None: <sweep dir>/.submitit
-    cluster: str = "slurm"  # or "local": submitit runs the jobs as processes on this machine
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    """``hydra.launcher.ray``: the cluster and what each task (one cohort) asks for."""
-
-    address: str | None = None  # None: a local Ray instance; "auto", "ray://head:10001"
-    num_cpus: float = 1
-    num_gpus: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    resources: dict[str, float] = field(default_factory=dict)
-    local_cpus: int | None = None  # CPUs of a local instance (None: all of them)
-
-
-# Settings that must be at least 1 (the others that are numbers: at least 0).
-AT_LEAST_ONE = {"cpus_per_job", "mem_gb", "time_min", "array_parallelism", "local_cpus"}
-
-
-def _settings(cls, key: str, values: dict) -> Any:
-    """``cls(**values)``; unknown keys and numbers out of range are reported as ConfigError."""
-    known = {f.name for f in fields(cls)}
-    for name, value in values.items():
-        if name not in known:
-            raise ConfigError(f"{key}.{name}", value, f"expected one of {', '.join(known)}")
-    built = cls(**{k: tuple(v) if k == "setup" else v for k, v in values.items()})
-    numbers = {name: value for name, value in vars(built).items() if _is_number(value)}
-    numbers |= {f"resources.{k}": v for k, v in getattr(built, "resources", {}).items()}
-    for name, value in numbers.items():
-        least = 1 if name in AT_LEAST_ONE else 0
-        if not _is_number(value) or value < least:
-            raise ConfigError(f"{key}.{name}", value, f"expected a number >= {least}")
-    if getattr(built, "num_cpus", 1) <= 0:
-        raise ConfigError(f"{key}.num_cpus", built.num_cpus, "expected a number > 0")
-    return built
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check(kind: str, slurm: dict, ray: dict) -> tuple[SlurmSettings, RaySettings]:
-    """Validate the executor's choice and settings; the cluster ones need their extra."""
-    if kind not in KINDS:
-        raise ConfigError("hydra.launcher.executor", kind, f"expected one of {', '.join(KINDS)}")
-    slurm_settings = _settings(SlurmSettings, "hydra.launcher.slurm", slurm)
-    ray_settings = _settings(RaySettings, "hydra.launcher.ray", ray)
-    if slurm_settings.cluster not in ("slurm", "local"):
-        raise ConfigError(
-            "hydra.launcher.slurm.cluster", slurm_settings.cluster, "expected slurm or local"
-        )
+def check(settings: LauncherSettings) -> None:
+    """Validate the settings (``LauncherSettings.check``) and that the chosen executor can
+    run here: the cluster ones need their extra, SLURM its ``sbatch``."""
+    settings.check()
+    kind = settings.executor
     if kind in EXTRAS and importlib.util.find_spec(EXTRAS[kind]) is None:
         allowed = f"needs {EXTRAS[kind]}: pip install -e '.[{kind}]'"
         raise ConfigError("hydra.launcher.executor", kind, allowed)
-    if kind == "slurm" and slurm_settings.cluster == "slurm" and shutil.which("sbatch") is None:
+    if kind == "slurm" and settings.slurm.cluster == "slurm" and shutil.which("sbatch") is None:
         allowed = "a machine with SLURM's sbatch (or hydra.launcher.slurm.cluster=local)"
         raise ConfigError("hydra.launcher.executor", kind, allowed)
-    return slurm_settings, ray_settings
 
 
 def remote(kind: str, slurm: SlurmSettings, ray: RaySettings) -> bool:
@@ -125,7 +66,7 @@ def run_cohort(work, points: list) -> Any:
     before the time limit, which would otherwise requeue a preempted job and so run finished
     points again) and SIGINT (Ray's cancel) stop training and record the runs KILLED, then the
     job fails. The signal handlers are restored at the end (Ray reuses its workers)."""
-    previous = {signum: signal.signal(signum, pool.interrupt_once) for signum in JOB_SIGNALS}
+    previous = {signum: signal.signal(signum, stopping.interrupt_once) for signum in JOB_SIGNALS}
     try:
         return work.run(points)
     except KeyboardInterrupt as stop:  # an Exception, so that the engines report it at once

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.config import LossConfig
+from harness.config import LeastSquaresLossConfig, LossConfig, Option
 
 
 def _reduce(per_point: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -108,15 +108,18 @@ class Surface:
         return f
 
 
-BUILDERS = {
-    "least_squares": lambda cfg: LeastSquares(cfg.reduction, cfg.scale),
-    "gaussian_nll": lambda cfg: GaussianNll(cfg.reduction),
-    "bce": lambda cfg: BinaryCrossEntropy(cfg.reduction),
-    "cross_entropy": lambda cfg: CrossEntropy(cfg.reduction),
-    "surface": lambda cfg: Surface(cfg.reduction),
+OPTIONS: dict[str, Option] = {
+    "least_squares": Option(
+        LeastSquaresLossConfig, lambda cfg: LeastSquares(cfg.reduction, cfg.scale)
+    ),
+    "gaussian_nll": Option(LossConfig, lambda cfg: GaussianNll(cfg.reduction)),
+    "bce": Option(LossConfig, lambda cfg: BinaryCrossEntropy(cfg.reduction)),
+    "cross_entropy": Option(LossConfig, lambda cfg: CrossEntropy(cfg.reduction)),
+    "surface": Option(LossConfig, lambda cfg: Surface(cfg.reduction)),
 }
+"""Every loss by name: its schema and ``build(cfg)``."""
 
 
 def build(cfg: LossConfig):
     """The loss ``cfg`` names."""
-    return BUILDERS[cfg.name](cfg)
+    return OPTIONS[cfg.name].build(cfg)

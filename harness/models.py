@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.config import ModelConfig
+from harness.config import (
+    GaborModelConfig,
+    MlpModelConfig,
+    ModelConfig,
+    ModelOption,
+    RosenbrockModelConfig,
+)
 
 Tensor = torch.Tensor
 ACTIVATIONS = {
@@ -203,17 +209,48 @@ class RosenbrockSurface(FlatModel):
         return (self.a - phi0) ** 2 + self.b * (phi1 - phi0**2) ** 2
 
 
-BUILDERS = {
-    "linear": lambda cfg, inputs, outputs: Affine(inputs, outputs),
-    "logistic": lambda cfg, inputs, outputs: Affine(inputs, outputs),
-    "softmax": lambda cfg, inputs, outputs: Affine(inputs, outputs),
-    "gabor": lambda cfg, inputs, outputs: Gabor(cfg.envelope),
-    "mlp": lambda cfg, inputs, outputs: Mlp(inputs, outputs, cfg.depth, cfg.width, cfg.activation),
-    "adam_demo": lambda cfg, inputs, outputs: AdamDemoSurface(),
-    "rosenbrock": lambda cfg, inputs, outputs: RosenbrockSurface(cfg.a, cfg.b),
+OPTIONS: dict[str, ModelOption] = {
+    "linear": ModelOption(
+        ModelConfig,
+        lambda cfg, inputs, outputs: Affine(inputs, outputs),
+        losses=("least_squares", "gaussian_nll"),
+    ),
+    "gabor": ModelOption(
+        GaborModelConfig,
+        lambda cfg, inputs, outputs: Gabor(cfg.envelope),
+        losses=("least_squares",),
+    ),
+    "logistic": ModelOption(
+        ModelConfig,
+        lambda cfg, inputs, outputs: Affine(inputs, outputs),
+        losses=("bce",),
+    ),
+    "softmax": ModelOption(
+        ModelConfig,
+        lambda cfg, inputs, outputs: Affine(inputs, outputs),
+        losses=("cross_entropy",),
+    ),
+    "mlp": ModelOption(
+        MlpModelConfig,
+        lambda cfg, inputs, outputs: Mlp(inputs, outputs, cfg.depth, cfg.width, cfg.activation),
+        losses=("least_squares", "gaussian_nll", "bce", "cross_entropy"),
+    ),
+    "adam_demo": ModelOption(
+        ModelConfig,
+        lambda cfg, inputs, outputs: AdamDemoSurface(),
+        losses=("surface",),
+        surface=True,
+    ),
+    "rosenbrock": ModelOption(
+        RosenbrockModelConfig,
+        lambda cfg, inputs, outputs: RosenbrockSurface(cfg.a, cfg.b),
+        losses=("surface",),
+        surface=True,
+    ),
 }
+"""Every model by name: its schema, ``build(cfg, inputs, outputs)`` and the losses it takes."""
 
 
 def build(cfg: ModelConfig, inputs: int, outputs: int) -> FlatModel:
     """The model ``cfg`` names, for ``inputs`` features and ``outputs`` outputs."""
-    return BUILDERS[cfg.name](cfg, inputs, outputs)
+    return OPTIONS[cfg.name].build(cfg, inputs, outputs)

@@ -28,7 +28,17 @@ from typing import Any, NamedTuple
 
 import torch
 
-from harness.config import ConfigError
+from harness.config import (
+    AdamConfig,
+    ConfigError,
+    LineSearchConfig,
+    MomentumConfig,
+    NesterovConfig,
+    NormalizedConfig,
+    OptimizerConfig,
+    OptimizerOption,
+    TorchOptimizerConfig,
+)
 
 Tensor = torch.Tensor
 LossAt = Callable[[Tensor], Tensor]
@@ -235,21 +245,28 @@ def check_torch_optimizer(class_name: str, kwargs: dict[str, Any]) -> type:
     return optimizer_class
 
 
+OPTIONS: dict[str, OptimizerOption] = {
+    "gd": OptimizerOption(OptimizerConfig, lambda cfg: gradient_descent(), full_batch=True),
+    "gd_linesearch": OptimizerOption(LineSearchConfig, lambda cfg: line_search(), full_batch=True),
+    "sgd": OptimizerOption(OptimizerConfig, lambda cfg: gradient_descent()),
+    "momentum": OptimizerOption(MomentumConfig, lambda cfg: momentum(cfg.m0)),
+    "nesterov": OptimizerOption(NesterovConfig, lambda cfg: nesterov(cfg.lookahead)),
+    "normalized": OptimizerOption(NormalizedConfig, lambda cfg: normalized()),
+    "adam": OptimizerOption(AdamConfig, lambda cfg: adam()),
+    "torch": OptimizerOption(
+        TorchOptimizerConfig,
+        lambda cfg: torch_optimizer(cfg.class_name, dict(cfg.kwargs), cfg.lr),
+        alone=True,
+    ),
+}
+"""Every optimizer by name: its schema, ``build(cfg)`` (its rule) and how it trains."""
+
+
 def trains_alone(cfg) -> bool:
     """Whether the optimizer trains one run at a time (torch.optim pass-through)."""
-    return cfg.name == "torch"
+    return OPTIONS[cfg.name].alone
 
 
 def build(cfg) -> Rule:
     """The rule ``cfg`` (an optimizer config) names."""
-    builders = {
-        "gd": gradient_descent,
-        "sgd": gradient_descent,
-        "momentum": lambda: momentum(cfg.m0),
-        "nesterov": lambda: nesterov(cfg.lookahead),
-        "normalized": normalized,
-        "adam": adam,
-        "gd_linesearch": line_search,
-        "torch": lambda: torch_optimizer(cfg.class_name, dict(cfg.kwargs), cfg.lr),
-    }
-    return builders[cfg.name]()
+    return OPTIONS[cfg.name].build(cfg)

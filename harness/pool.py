@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from harness.stopping import interrupt_once
+
 STOP_GRACE_SECONDS = 60.0  # how long stopping workers may take to record their runs KILLED
 
 
@@ -103,13 +105,6 @@ class Work(Protocol):
     def run(self, item: Any) -> Any: ...
 
     def close(self) -> None: ...
-
-
-def interrupt_once(signum: int, frame) -> None:
-    """Raise KeyboardInterrupt for the first SIGINT/SIGTERM and ignore the ones after it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def _orders(pipe: Connection, sweep_pid: int):

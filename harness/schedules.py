@@ -12,6 +12,15 @@ import math
 
 import torch
 
+from harness.config import (
+    CosineScheduleConfig,
+    ExponentialScheduleConfig,
+    Option,
+    PlateauScheduleConfig,
+    ScheduleConfig,
+    StepScheduleConfig,
+)
+
 Tensor = torch.Tensor
 
 
@@ -94,16 +103,17 @@ class Plateau(Constant):
         self.bad = torch.where(cut, torch.zeros_like(self.bad), self.bad)
 
 
-SCHEDULES = {
-    "constant": Constant,
-    "step": Step,
-    "exponential": Exponential,
-    "cosine": Cosine,
-    "warmup_cosine": Cosine,
-    "plateau": Plateau,
+OPTIONS: dict[str, Option] = {
+    "constant": Option(ScheduleConfig, Constant),
+    "step": Option(StepScheduleConfig, Step),
+    "exponential": Option(ExponentialScheduleConfig, Exponential),
+    "cosine": Option(CosineScheduleConfig, Cosine),
+    "warmup_cosine": Option(CosineScheduleConfig, Cosine),
+    "plateau": Option(PlateauScheduleConfig, Plateau),
 }
+"""Every schedule by name: its schema and the class built as ``(hp, total_steps, like)``."""
 
 
 def build(name: str, hp: dict[str, Tensor], total_steps: int, like: Tensor) -> Constant:
     """The schedule ``name`` for hyperparameters ``hp`` (each (R, 1), shaped like ``like``)."""
-    return SCHEDULES[name](hp, total_steps, like)
+    return OPTIONS[name].build(hp, total_steps, like)

@@ -24,7 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+from harness import stopping
+from harness.paths import project_root
+
 # Database connections of each MLflow server worker: SQLAlchemy's pool and its overflow (MLflow's
 # default, 5 + 10, runs out when a few dozen jobs write at once); the local PostgreSQL allows
 # enough for 4 workers.
@@ -38,12 +40,6 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 class ServerError(RuntimeError):
     """A server could not be started, or its programs are missing."""
-
-
-def project_root() -> Path:
-    """The checkout that holds this package (an editable install), else the working folder
-    (as ``harness.tracking.project_root``)."""
-    return PACKAGE_ROOT if (PACKAGE_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def postgres_bindir() -> Path:
@@ -365,10 +361,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _announce(server: MlflowServer, backend: str) -> None:
     """Say where the server is and how to record into it."""
     print(f"MLflow server {server.uri} on {backend}")
@@ -389,7 +381,7 @@ def _announce(server: MlflowServer, backend: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Start the database (unless ``--db``) and the server, print the tracking URI, block until
     Ctrl-C or SIGTERM (0) or the server's own exit (1), and stop both."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, stopping.interrupt)
     try:
         with contextlib.ExitStack() as stack:
             backend = args.db or stack.enter_context(LocalPostgres(args.data, args.db_port)).uri

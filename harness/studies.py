@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.config import ConfigError
+from harness.paths import STUDY_DIR
 
-STUDY_DIR = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT = "lecture"
 
 

@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from harness import config, devices, engine, optim, tracking
+import harness.registry  # noqa: F401  (registers every option's schema before Hydra composes)
+from harness import config, devices, engine, optim, records, stopping
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
+from harness.paths import CONFIG_DIR
 from harness.problem import Problem
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
-
-def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, tracking.Store]:
+def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, records.Store]:
     """Validate everything a run needs and open its store; raises ConfigError."""
     spec = config.to_spec(cfg)
     problem = problem_module.build(spec)
     optim.build(spec.optimizer)
     devices.resolve(spec.trainer.device, spec.trainer.dtype)
-    store = tracking.open_store(spec.tracking)
+    store = records.open_store(spec.tracking)
     return spec, problem, store
 
 
@@ -45,24 +44,28 @@ def run_name(spec: RunConfig) -> str:
 def record_cohort(
     specs: list[RunConfig],
     problem: Problem,
-    store: tracking.Store,
+    store: records.Store,
     names: list[str],
     tags: dict[str, str] | None = None,
-) -> list[tuple[tracking.Recorded, engine.RunResult]]:
+) -> list[tuple[records.Recorded, engine.RunResult]]:
     """Train ``specs`` (one structure) as one cohort, each run in an MLflow run of its own
-    (named ``names[i]``, with ``tags`` besides the usual ones), handing curves to the store as
-    they come. An exception marks every run FAILED (KILLED on Ctrl-C) and propagates."""
+    (named ``names[i]``, with ``tags`` besides the usual ones and the data set's splits as
+    its dataset inputs), handing curves to the store as they come. An exception marks every
+    run FAILED (KILLED on Ctrl-C) and propagates."""
     plan = engine.make_plan(specs[0], problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
         {"data.steps_per_epoch": plan.steps_per_epoch, "data.total_steps": plan.total_steps}
     )
-    run_tags = {"split_digest": problem.data.split_digest, **(tags or {})}
+    data = problem.data
+    run_tags = {records.Tag.SPLIT_DIGEST: data.split_digest, **(tags or {})}
+    source = config.as_dict(specs[0])["dataset"]
     handles = store.start_runs(
         specs,
         names,
-        [tracking.run_params(spec, derived) for spec in specs],
+        [records.run_params(spec, derived) for spec in specs],
         [run_tags] * len(specs),
+        records.dataset_inputs(data.name, data.split_digest, data.sizes, source),
     )
 
     def sink(chunks, seconds_at):
@@ -73,28 +76,25 @@ def record_cohort(
     except BaseException as error:
         try:
             store.fail_runs(handles, error)
-        except tracking.TrackingError as tracking_error:
+        except records.TrackingError as tracking_error:
             error.add_note(f"recording this failure in MLflow failed too: {tracking_error}")
         raise
     return list(zip(store.finish_runs(handles, results), results, strict=True))
 
 
-def train_and_record(spec: RunConfig, problem: Problem, store: tracking.Store):
+def train_and_record(spec: RunConfig, problem: Problem, store: records.Store):
     """Train one run and record it; returns its MLflow run id and result. Raises
     TrackingError when its record could not be written."""
     ((recorded, result),) = record_cohort([spec], problem, store, [run_name(spec)])
     if recorded.error is not None:
-        raise tracking.TrackingError(recorded.error)
+        raise records.TrackingError(recorded.error)
     return recorded.run_id, result
 
 
-def _interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    signal.signal(signal.SIGTERM, _interrupt)  # a run stopped by TERM is recorded KILLED
+def run(cfg: DictConfig) -> None:
+    """The task: validate ``cfg`` (exit 2 on a bad value), train it and record it, and print
+    one line on the outcome."""
+    signal.signal(signal.SIGTERM, stopping.interrupt)  # a run stopped by TERM is recorded KILLED
     try:
         spec, problem, store = prepare(cfg)
     except ConfigError as error:
@@ -115,6 +115,9 @@ def main(cfg: DictConfig) -> None:
         f"run {run_id} ({run_name(spec)}) {outcome} in {result.seconds:.2f} s: "
         f"{', '.join(summary)}; stored in {store.uri}, experiment {spec.tracking.experiment!r}"
     )
+
+
+main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")(run)
 
 
 if __name__ == "__main__":

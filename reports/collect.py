@@ -17,9 +17,8 @@ import json
 
 import pandas as pd
 
-from harness import tracking
-
-RUN_SUMMARIES = ("wall_seconds", "diverged_step")  # metrics logged once per run
+from harness import records
+from harness.records import Status, Summary, Tag
 
 
 def typed(values: pd.Series) -> pd.Series:
@@ -50,35 +49,36 @@ def typed(values: pd.Series) -> pd.Series:
 
 def latest_per_point(runs: pd.DataFrame) -> pd.DataFrame:
     """One run per fingerprint: the newest FINISHED one, else the newest."""
-    order = runs.assign(_finished=runs["status"].eq("FINISHED"))
+    order = runs.assign(_finished=runs["status"].eq(Status.FINISHED))
     order = order.sort_values(["_finished", "start_time"])
-    return order.drop_duplicates("fingerprint", keep="last").drop(columns="_finished")
+    return order.drop_duplicates(Tag.FINGERPRINT, keep="last").drop(columns="_finished")
 
 
-def run_table(tables: tracking.ExperimentTables) -> pd.DataFrame:
+def run_table(tables: records.ExperimentTables) -> pd.DataFrame:
     """One row per grid point: run columns, typed config, ``problem``, run summaries."""
     tags = tables.tags.pivot(index="run_id", columns="key", values="value")
     runs = tables.runs.set_index("run_id").join(
-        tags.reindex(columns=["fingerprint", "diverged", "role"])
+        tags.reindex(columns=[Tag.FINGERPRINT, Tag.DIVERGED, Tag.ROLE])
     )
-    runs = runs[runs["role"].ne("sweep") & runs["fingerprint"].notna()].drop(columns="role")
+    grid_points = runs[Tag.ROLE].isna() & runs[Tag.FINGERPRINT].notna()  # is_grid_point
+    runs = runs[grid_points].drop(columns=Tag.ROLE)
     runs = latest_per_point(runs.reset_index()).set_index("run_id")
-    runs["diverged"] = runs["diverged"].eq("true")
+    runs[Tag.DIVERGED] = runs[Tag.DIVERGED].eq("true")
     params = tables.params[tables.params["run_id"].isin(runs.index)]
     config = params.pivot(index="run_id", columns="key", values="value").apply(typed)
     config = config.drop(columns=[c for c in config.columns if c in runs.columns])  # run_name
-    summaries = tables.metrics[tables.metrics["key"].isin(RUN_SUMMARIES)]
+    summaries = tables.metrics[tables.metrics["key"].isin(Summary.ALL)]
     summaries = summaries.pivot_table(index="run_id", columns="key", values="value")
-    runs = runs.join(config).join(summaries.reindex(columns=list(RUN_SUMMARIES)))
+    runs = runs.join(config).join(summaries.reindex(columns=list(Summary.ALL)))
     if {"dataset.name", "model.name"} <= set(runs.columns):
         runs["problem"] = runs["dataset.name"] + "/" + runs["model.name"]
     return runs
 
 
-def curve_table(tables: tracking.ExperimentTables, runs: pd.DataFrame) -> pd.DataFrame:
+def curve_table(tables: records.ExperimentTables, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, step), one column per curve, and ``seconds`` since the run began."""
     metrics = tables.metrics[
-        tables.metrics["run_id"].isin(runs.index) & ~tables.metrics["key"].isin(RUN_SUMMARIES)
+        tables.metrics["run_id"].isin(runs.index) & ~tables.metrics["key"].isin(Summary.ALL)
     ]
     curves = metrics.pivot_table(index=["run_id", "step"], columns="key", values="value")
     curves.columns.name = None
@@ -90,7 +90,7 @@ def curve_table(tables: tracking.ExperimentTables, runs: pd.DataFrame) -> pd.Dat
 
 def collect(uri: str, study: str) -> pd.DataFrame:
     """The tidy frame of study ``study`` (its MLflow experiment) in the store at ``uri``."""
-    tables = tracking.read_experiment(tracking.resolve_uri(uri), study)
+    tables = records.read_experiment(records.resolve_uri(uri), study)
     runs = run_table(tables)
     curves = curve_table(tables, runs)
     frame = curves.merge(runs.reset_index(), on="run_id", how="right")

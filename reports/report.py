@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import studies, tracking
+from harness import records, studies
 from harness.config import ConfigError
+from harness.paths import project_root
 from reports import aggregate, claims, figures, render, tables
 from reports.collect import collect
 
-OUTPUT = tracking.project_root() / "outputs" / "reports"
+OUTPUT = project_root() / "outputs" / "reports"
 
 
 def plan_figures(frame: pd.DataFrame, center: str = "median"):
@@ -114,7 +115,7 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
 def build(uri: str | None, study: str, out: Path, center: str = "median") -> Path:
     """Write the report of ``study`` into ``out``; returns index.html. Raises ConfigError for
     an unknown study or one without finished runs."""
-    uri = tracking.resolve_uri(uri)
+    uri = records.resolve_uri(uri)
     frame = collect(uri, study)
     finished = frame[frame["status"].eq("FINISHED")]
     if finished.empty:
@@ -135,7 +136,7 @@ def build(uri: str | None, study: str, out: Path, center: str = "median") -> Pat
     index = out / "index.html"
     measured = claims.measure(finished)
     index.write_text(render.page(study, question, summary, table, measured, drawn, out))
-    tracking.log_report(uri, study, out)
+    records.log_report(uri, study, out)
     return index
 
 

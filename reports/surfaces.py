@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 
 from harness import config
 from harness import problem as problem_module
-from harness.train import CONFIG_DIR
+from harness.compose import compose_spec
 
 BOOK_RANGES = {"linear": ((0.0, 2.0), (-1.0, 1.0)), "gabor": ((-10.0, 10.0), (2.5, 22.5))}
 GROUPS = ("dataset", "model", "loss")
@@ -24,8 +23,7 @@ def spec_of(run: pd.Series) -> config.RunConfig:
         group, _, name = str(key).partition(".")
         if group in GROUPS and name not in ("name", "init") and not pd.isna(value):
             overrides.append(f"{key}={value}")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return config.to_spec(compose("config", overrides=overrides))
+    return compose_spec(*overrides)
 
 
 def plot_range(spec: config.RunConfig, runs: pd.DataFrame):

@@ -14,20 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from harness import config, tracking, train
+from harness import problem as problem_module
+from harness import records, train
+from harness.compose import compose_spec  # noqa: F401 (the tests' way to compose a spec)
+from harness.paths import CONFIG_DIR, PACKAGE_ROOT
 from harness.server import LocalPostgres, MlflowServer, ServerError, postgres_bindir
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
-
-
-def compose_spec(*overrides: str) -> config.RunConfig:
-    """The validated spec of ``conf/config.yaml`` with ``overrides``."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return config.to_spec(compose("config", overrides=list(overrides)))
+ROOT = PACKAGE_ROOT
+CONF = str(CONFIG_DIR)
 
 
 @pytest.fixture(autouse=True)
@@ -138,9 +134,9 @@ STORE = {  # each sweep writes to a store (or an experiment) of its own
 }
 
 
-def records(uri: str, experiment: str) -> dict[str, dict]:
+def point_records(uri: str, experiment: str) -> dict[str, dict]:
     """Each grid point's FINISHED run by fingerprint: params, tag names and curves."""
-    tables = tracking.read_experiment(uri, experiment)
+    tables = records.read_experiment(uri, experiment)
     finished = set(tables.runs.run_id[tables.runs.status == "FINISHED"])
     tags = tables.tags[tables.tags.run_id.isin(finished)]
     marked = tags[tags.key == "fingerprint"]
@@ -176,3 +172,30 @@ def assert_same_records(batched: dict, alone: dict, points: int) -> None:
             other_steps, other_values = other["curves"][key]
             assert steps == other_steps, key
             np.testing.assert_allclose(values, other_values, rtol=1e-5, atol=1e-12, err_msg=key)
+
+
+def record_cohort(store_uri, overrides, seeds, **options):
+    """Train one cohort (a run per seed) and record it; returns the runs by seed."""
+    specs = [compose_spec(f"tracking.uri={store_uri}", *overrides, f"seed={s}") for s in seeds]
+    store = records.Store(store_uri, "cohort", **options)
+    try:
+        written = train.record_cohort(
+            specs, problem_module.build(specs[0]), store, [f"seed {s}" for s in seeds]
+        )
+    finally:
+        store.close()
+    assert all(recorded.error is None for recorded, _ in written)
+    client = MlflowClient(tracking_uri=store_uri)
+    return [client.get_run(recorded.run_id) for recorded, _ in written]
+
+
+def metric_rows(store_uri, run_id):
+    """Every metric row of a run, as MLflow's client reads them back."""
+    client = MlflowClient(tracking_uri=store_uri)
+    names = client.get_run(run_id).data.metrics
+    return {
+        name: sorted(
+            (m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, name)
+        )
+        for name in names
+    }

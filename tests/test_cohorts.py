@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_same_records, records
+from conftest import ROOT, assert_same_records, point_records
 
-from harness import tracking
+from harness import records
 
 
 def sweep(tmp_path: Path, name: str, *args: str, module: str = "harness.sweep") -> str:
@@ -36,7 +36,7 @@ def test_the_smoke_study_records_the_same_runs_batched_and_one_by_one(tmp_path):
         "hydra/launcher=basic",
         module="harness.train",
     )
-    assert_same_records(records(batched, "smoke"), records(alone, "smoke"), 8)
+    assert_same_records(point_records(batched, "smoke"), point_records(alone, "smoke"), 8)
 
 
 @pytest.mark.parametrize(
@@ -67,9 +67,9 @@ def test_a_sample_of_a_large_study_records_the_same_runs_batched_and_one_by_one(
 ):
     batched = sweep(tmp_path, "cohorts", study, *sample)
     alone = sweep(tmp_path, "alone", study, *sample, "hydra.launcher.max_cohort=1")
-    assert_same_records(records(batched, study), records(alone, study), points)
+    assert_same_records(point_records(batched, study), point_records(alone, study), points)
     sizes = {
-        r for r in tracking.read_experiment(batched, study).tags.query("key == 'cohort_size'").value
+        r for r in records.read_experiment(batched, study).tags.query("key == 'cohort_size'").value
     }
     assert max(map(int, sizes)) > 1  # the sample did train in cohorts
 
@@ -77,10 +77,10 @@ def test_a_sample_of_a_large_study_records_the_same_runs_batched_and_one_by_one(
 def test_cohorts_over_the_memory_budget_train_in_pieces_with_the_same_records(tmp_path):
     batched = sweep(tmp_path, "cohorts", "smoke")
     pieces = sweep(tmp_path, "pieces", "smoke", "hydra.launcher.memory_fraction=1e-12")
-    assert_same_records(records(batched, "smoke"), records(pieces, "smoke"), 8)
-    tags = tracking.read_experiment(pieces, "smoke").tags
+    assert_same_records(point_records(batched, "smoke"), point_records(pieces, "smoke"), 8)
+    tags = records.read_experiment(pieces, "smoke").tags
     assert set(tags[tags.key == "cohort_size"].value) == {"1"}
-    tags = tracking.read_experiment(batched, "smoke").tags
+    tags = records.read_experiment(batched, "smoke").tags
     assert set(tags[tags.key == "cohort_size"].value) == {"2"}
 
 
@@ -89,7 +89,7 @@ def test_a_sweep_places_its_cohorts_on_the_gpus_and_records_them(tmp_path):
     import torch
 
     uri = sweep(tmp_path, "gpu", "smoke", "trainer.device=auto")
-    tables = tracking.read_experiment(uri, "smoke")
+    tables = records.read_experiment(uri, "smoke")
     tags = tables.tags
     devices = set(tags[tags.key == "device"].value)
     gpus = {f"cuda:{i}" for i in range(torch.cuda.device_count())}
@@ -97,4 +97,4 @@ def test_a_sweep_places_its_cohorts_on_the_gpus_and_records_them(tmp_path):
     names = set(tags[tags.key == "device_name"].value)
     assert names <= {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
     alone = sweep(tmp_path, "cpu", "smoke", "trainer.device=cpu")
-    assert_same_records(records(uri, "smoke"), records(alone, "smoke"), 8)
+    assert_same_records(point_records(uri, "smoke"), point_records(alone, "smoke"), 8)

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 from hydra import initialize_config_dir
 from hydra._internal.callbacks import Callbacks
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import setup_globals
 from hydra.errors import ConfigCompositionException
@@ -24,7 +22,7 @@ from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import config, studies
-from harness.compose import Composer
+from harness.compose import Composer, grid_jobs
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SAMPLE = 8  # jobs per study in the default test, evenly spaced
@@ -44,17 +42,6 @@ def master_config(loader, *overrides: str) -> DictConfig:
     master = loader.load_configuration("config", list(overrides), RunMode.MULTIRUN)
     str(master.hydra.sweep.dir)
     return master
-
-
-def sweep_jobs(loader, master: DictConfig) -> list[list[str]]:
-    """The job overrides BasicSweeper makes of the master's sweeper params and its command-line
-    overrides, in its order (one batch)."""
-    params = master.hydra.sweeper.params or {}
-    arguments = OmegaConf.to_container(master.hydra.overrides.task)  # as Hydra's multirun
-    lines = [f"{key}={value}" for key, value in params.items()] + arguments
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(lines)
-    (batch,) = BasicSweeper.split_arguments(parsed, None)
-    return batch
 
 
 def hydra_job(loader, master: DictConfig, overrides: Sequence[str], index: int) -> DictConfig:
@@ -106,7 +93,7 @@ def assert_study_composes_as_hydra(study: str, sample: int | None) -> None:
     """Every job of the study (or ``sample`` of them, evenly spaced) composes as in Hydra."""
     with hydra_loader() as loader:
         master = master_config(loader, f"+experiment={study}")
-        batch = sweep_jobs(loader, master)
+        batch = grid_jobs(master, loader)
         composer = Composer(loader, master)
         step = 1 if sample is None else max(1, len(batch) // sample)
         for index in range(0, len(batch), step):
@@ -128,7 +115,7 @@ def test_every_job_of_each_study_composes_as_in_hydra(study):
 def test_a_grid_over_a_group_and_a_value_composes_once_per_group_choice():
     with hydra_loader() as loader:
         master = master_config(loader, "optimizer=sgd,adam", "optimizer.lr=0.1,0.2")
-        batch = sweep_jobs(loader, master)
+        batch = grid_jobs(master, loader)
         composer = Composer(loader, master)
         jobs = composer.jobs(batch, initial_job_idx=3)
         assert [job.index for job in jobs] == [3, 4, 5, 6]
@@ -177,7 +164,7 @@ def test_an_interpolation_in_a_value_override_resolves_per_job():
     with hydra_loader() as loader:
         master = master_config(loader, "seed=1,2", "optimizer=sgd,adam", "run_name=r${seed}")
         composer = Composer(loader, master)
-        jobs = composer.jobs(sweep_jobs(loader, master), 0)
+        jobs = composer.jobs(grid_jobs(master, loader), 0)
         names = [OmegaConf.to_container(job.task, resolve=True)["run_name"] for job in jobs]
         assert names == ["r1", "r1", "r2", "r2"]
         for job in jobs:
@@ -211,7 +198,7 @@ def test_job_dir_is_run_jobs_for_other_sweep_subdirs(subdir):
             "seed=0,1",
         )
         composer = Composer(loader, master)
-        jobs = composer.jobs(sweep_jobs(loader, master), 10)
+        jobs = composer.jobs(grid_jobs(master, loader), 10)
         for job in jobs:
             assert_composes_as_hydra(composer, loader, job.overrides, job.index)
 

@@ -1,16 +1,18 @@
-"""Every option of every config group composes into a valid spec."""
+"""Every option of every config group has one registry entry, composes into a valid spec
+and trains."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
 from conftest import ROOT, compose_spec
+from test_problems import write_mnist
 
-from harness import config
+from harness import config, engine, registry
 
+GROUPS = ("dataset", "model", "loss", "optimizer", "schedule")
 GROUP_OPTIONS = sorted(
-    (group, path.stem)
-    for group in config.SCHEMAS
-    for path in (ROOT / "conf" / group).glob("*.yaml")
+    (group, path.stem) for group in GROUPS for path in (ROOT / "conf" / group).glob("*.yaml")
 )
 # Options that need other groups to fit (model/loss/dataset combinations).
 COMPANIONS = {
@@ -37,17 +39,29 @@ COMPANIONS = {
 }
 
 
-def test_every_schema_has_an_option_file_and_back():
-    assert sorted(GROUP_OPTIONS) == sorted(
-        (group, option) for group, options in config.SCHEMAS.items() for option in options
+def test_every_option_file_has_one_registry_entry_and_back():
+    assert tuple(registry.OPTIONS) == GROUPS
+    registered = sorted(
+        (group, name) for group, names in registry.OPTIONS.items() for name in names
     )
+    assert registered == GROUP_OPTIONS
+    for group, option in GROUP_OPTIONS:
+        defaults = yaml.safe_load((ROOT / "conf" / group / f"{option}.yaml").read_text())
+        schemas = [d for d in defaults["defaults"] if str(d).startswith("/schema/")]
+        assert schemas == [f"/schema/{group}/{option}@_here_"], (group, option)
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
-def test_every_option_composes_and_validates(group, option):
-    spec = compose_spec(f"{group}={option}", *COMPANIONS.get((group, option), []))
+def test_every_option_composes_validates_and_trains(group, option, tmp_path):
+    overrides = [*COMPANIONS.get((group, option), []), "trainer.steps=2"]
+    if registry.OPTIONS[group][option].schema is config.IdxDatasetConfig:
+        write_mnist(tmp_path)
+        overrides.append(f"dataset.root={tmp_path}")
+    spec = compose_spec(f"{group}={option}", *overrides)
     assert getattr(spec, group).name == option
-    assert isinstance(getattr(spec, group), config.SCHEMAS[group][option])
+    assert isinstance(getattr(spec, group), registry.OPTIONS[group][option].schema)
+    (result,) = engine.train_cohort([spec])
+    assert "train_loss" in result.curves
 
 
 def test_params_flatten_with_dotted_names():

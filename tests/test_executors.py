@@ -15,11 +15,17 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, assert_same_records, records
+from conftest import ROOT, assert_same_records, point_records
 from mlflow.tracking import MlflowClient
 
-from harness import executors, pool, tracking
+from harness import executors, pool, records
 from harness.config import ConfigError
+from harness.sweep.settings import RaySettings, SlurmSettings, parse
+
+
+def check(executor: str, slurm: dict, ray: dict) -> None:
+    """The launcher's settings with these values, parsed and checked as a sweep checks them."""
+    executors.check(parse({"executor": executor, "slurm": slurm, "ray": ray}))
 
 ENGINES = {
     "slurm": [  # the SLURM settings are checked by submitit, then ignored by its local cluster
@@ -43,7 +49,7 @@ def sweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def test_an_unknown_executor_is_named_with_the_choices():
     with pytest.raises(ConfigError) as raised:
-        executors.check("kubernetes", {}, {})
+        check("kubernetes", {}, {})
     assert raised.value.key == "hydra.launcher.executor"
     assert "local, slurm, ray" in str(raised.value)
 
@@ -64,7 +70,7 @@ def test_an_unknown_executor_is_named_with_the_choices():
 )
 def test_bad_executor_settings_are_named(slurm, ray, key):
     with pytest.raises(ConfigError) as raised:
-        executors.check("local", slurm, ray)
+        check("local", slurm, ray)
     assert raised.value.key == key
 
 
@@ -73,19 +79,19 @@ def test_slurm_jobs_need_slurm_here():
     if shutil.which("sbatch"):
         pytest.skip("this machine has SLURM")
     with pytest.raises(ConfigError, match="sbatch") as raised:
-        executors.check("slurm", {"cluster": "slurm"}, {})
+        check("slurm", {"cluster": "slurm"}, {})
     assert raised.value.key == "hydra.launcher.executor"
-    executors.check("slurm", {"cluster": "local"}, {})
+    check("slurm", {"cluster": "local"}, {})
 
 
 def test_jobs_on_other_machines_cannot_share_a_sqlite_file():
-    slurm, ray = executors.SlurmSettings(), executors.RaySettings(address="auto")
+    slurm, ray = SlurmSettings(), RaySettings(address="auto")
     for kind in ("slurm", "ray"):
         with pytest.raises(ConfigError, match="cannot share a sqlite file"):
             executors.check_store(kind, slurm, ray, "sqlite:////tmp/m.db")
         executors.check_store(kind, slurm, ray, "http://127.0.0.1:5000")
-    local = executors.SlurmSettings(cluster="local")
-    executors.check_store("slurm", local, executors.RaySettings(), "sqlite:////tmp/m.db")
+    local = SlurmSettings(cluster="local")
+    executors.check_store("slurm", local, RaySettings(), "sqlite:////tmp/m.db")
 
 
 def test_a_bad_executor_on_the_command_line_stops_the_sweep_before_any_run(tmp_path):
@@ -131,7 +137,7 @@ def local_smoke(tmp_path_factory) -> dict:
     uri = f"sqlite:///{folder / 'm.db'}"
     done = sweep("smoke", f"tracking.uri={uri}", f"hydra.sweep.dir={folder}")
     assert done.returncode == 0, done.stdout + done.stderr
-    return records(uri, "smoke")
+    return point_records(uri, "smoke")
 
 
 @pytest.mark.cluster
@@ -149,7 +155,7 @@ def test_the_smoke_study_through_an_engine_into_the_server_matches_a_local_run(
     )
     done = sweep(*args)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert_same_records(records(postgres_server, experiment), local_smoke, points=8)
+    assert_same_records(point_records(postgres_server, experiment), local_smoke, points=8)
     again = sweep(*args)  # nothing left to run: no job is started
     assert again.returncode == 0, again.stdout + again.stderr
     assert "8 skipped" in again.stdout and "0 to run" in again.stdout
@@ -219,7 +225,7 @@ def test_four_workers_write_200_runs_through_the_server_and_lose_none(postgres_s
         f"hydra.sweep.dir={tmp_path}",
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    tables = tracking.read_experiment(postgres_server, "many_writers")
+    tables = records.read_experiment(postgres_server, "many_writers")
     grid = tables.tags[tables.tags.key == "fingerprint"]
     assert grid.value.nunique() == len(grid) == 200
     finished = tables.runs[tables.runs.run_id.isin(grid.run_id)]

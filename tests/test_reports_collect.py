@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 from conftest import runs_in
 
-from harness import sweep
 from harness.config import ConfigError
+from harness.sweep import cli
 from reports.collect import collect, typed
 
 
 def run_sweep(tmp_path, uri: str, *args: str) -> int:
     try:
-        sweep.main(["smoke", f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/m", *args])
+        cli.main(["smoke", f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/m", *args])
     except SystemExit as exit_:
         return exit_.code
     return 0

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, runs_in
 
-from harness import sweep
+from harness.sweep import cli
 from reports import claims, render, report
 
 CHROMIUM = shutil.which("chromium")
@@ -21,7 +21,7 @@ CHROMIUM = shutil.which("chromium")
 
 def run_sweep(tmp_path, uri: str, *args: str, study: str = "smoke") -> int:
     try:
-        sweep.main([study, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/m", *args])
+        cli.main([study, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/m", *args])
     except SystemExit as exit_:
         return exit_.code
     return 0

@@ -17,7 +17,8 @@ from conftest import ROOT
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import records
+from harness.records.backends import client as client_backend
 
 pytestmark = pytest.mark.cluster
 
@@ -63,7 +64,7 @@ def pairs(frame, run_id: str) -> dict:
     return dict(zip(rows.key, rows.value, strict=True))
 
 
-def comparable(tables: tracking.ExperimentTables) -> dict[str, dict]:
+def comparable(tables: records.ExperimentTables) -> dict[str, dict]:
     """Each grid point's run by fingerprint: name and status, params but the store's URI, tags
     but those naming a process or a run id, and curves but times, as {key: [(step, value)]}."""
     params = tables.params[tables.params.key != URI]
@@ -83,7 +84,7 @@ def comparable(tables: tracking.ExperimentTables) -> dict[str, dict]:
     return found
 
 
-def parent(tables: tracking.ExperimentTables) -> tuple[str, dict]:
+def parent(tables: records.ExperimentTables) -> tuple[str, dict]:
     """The sweep's parent run: its name and outcome counts (``runs_*`` metrics)."""
     (run_id,) = tables.tags.run_id[(tables.tags.key == "role") & (tables.tags.value == "sweep")]
     counts = tables.metrics[
@@ -96,8 +97,8 @@ def test_a_sweep_through_the_server_reads_as_from_sqlite(postgres_server, store_
     experiment = f"smoke-{uuid.uuid4().hex[:8]}"
     sweep(postgres_server, experiment, tmp_path / "server")
     sweep(store_uri, experiment, tmp_path / "sqlite")
-    served = tracking.read_experiment(postgres_server, experiment)
-    stored = tracking.read_experiment(store_uri, experiment)
+    served = records.read_experiment(postgres_server, experiment)
+    stored = records.read_experiment(store_uri, experiment)
     for name in ("runs", "params", "tags", "metrics"):
         assert dict(getattr(served, name).dtypes) == dict(getattr(stored, name).dtypes), name
         assert len(getattr(served, name)) == len(getattr(stored, name)), name
@@ -133,10 +134,10 @@ def test_metric_histories_are_complete_when_answers_are_cut(postgres_server, mon
     experiment = f"curves-{uuid.uuid4().hex[:8]}"
     run_ids = log_curves(postgres_server, experiment, runs=5, points=6)
     MlflowClient(tracking_uri=postgres_server).delete_run(run_ids.pop())
-    whole = tracking.read_experiment(postgres_server, experiment)
-    monkeypatch.setattr(tracking, "HISTORY_RUNS", 2)  # two requests per metric
-    monkeypatch.setattr(tracking, "HISTORY_LIMIT", 5)  # cut answers, then paged single runs
-    pieces = tracking.read_experiment(postgres_server, experiment)
+    whole = records.read_experiment(postgres_server, experiment)
+    monkeypatch.setattr(client_backend, "HISTORY_RUNS", 2)  # two requests per metric
+    monkeypatch.setattr(client_backend, "HISTORY_LIMIT", 5)  # cut answers, then paged single runs
+    pieces = records.read_experiment(postgres_server, experiment)
     order = ["run_id", "key", "step"]
     assert set(whole.runs.run_id) == set(whole.metrics.run_id) == set(run_ids)
     assert len(whole.metrics) == 4 * 2 * 6

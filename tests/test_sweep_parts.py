@@ -18,13 +18,15 @@ import pytest
 import torch
 from conftest import CONF, ROOT, compose_spec
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness import config, devices, engine, pool, studies, sweep
+from harness import config, devices, engine, pool, studies
 from harness import problem as problem_module
+from harness.compose import grid_jobs
 from harness.progress import Progress
-from harness.tracking import RunRecord
+from harness.records import RunRecord
+from harness.sweep import cohorts as cohort_plan
+from harness.sweep import planning
+from harness.sweep import points as grid
 
 # ----------------------------------------------------------------------------- studies
 
@@ -33,10 +35,7 @@ def study_jobs(study: str) -> list[list[str]]:
     """Every job's overrides of a study, expanded as Hydra's basic sweeper expands them."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", [f"+experiment={study}"], return_hydra_config=True)
-    params = cfg.hydra.sweeper.params or {}
-    arguments = [f"+experiment={study}"] + [f"{key}={value}" for key, value in params.items()]
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    return grid_jobs(cfg)
 
 
 def study_specs(study: str, every: int = 1) -> list[config.RunConfig]:
@@ -130,8 +129,8 @@ def test_every_study_states_its_question():
 # ----------------------------------------------------------------------------- planning
 
 
-def point(index: int, fingerprint: str) -> sweep.Point:
-    return sweep.Point(index, (), None, None, None, fingerprint, f"point {index}")
+def point(index: int, fingerprint: str) -> grid.Point:
+    return grid.Point(index, (), None, None, None, fingerprint, f"point {index}")
 
 
 def record(run_id: str, fingerprint: str, status: str, owner: str = "") -> RunRecord:
@@ -147,24 +146,24 @@ def test_plan_skips_what_is_done_and_redoes_what_a_dead_process_left():
         record("r4", "d", "FAILED"),
         record("r5", "d", "KILLED"),
     ]
-    plan = sweep.plan(points, records, force=False, alive=lambda owner: owner == "live")
+    plan = planning.plan(points, records, force=False, alive=lambda owner: owner == "live")
     assert plan.todo == [1, 3]
     assert plan.skipped[0].run_id == "r1" and plan.skipped[0].error == "already recorded"
     assert "running in another process" in plan.skipped[2].error
     assert plan.skipped[4].error == "the same run as grid point #0"
     assert [r.run_id for r in plan.stale] == ["r2"]
 
-    forced = sweep.plan(points, records, force=True, alive=lambda owner: owner == "live")
+    forced = planning.plan(points, records, force=True, alive=lambda owner: owner == "live")
     assert forced.todo == [0, 1, 3] and set(forced.skipped) == {2, 4}
 
 
 def test_a_sweep_is_the_same_sweep_when_run_again_unless_forced():
     spec = type("Spec", (), {"tracking": config.TrackingConfig(experiment="x")})()
-    points = [sweep.Point(i, (), None, None, spec, f, "") for i, f in enumerate("abc")]
+    points = [grid.Point(i, (), None, None, spec, f, "") for i, f in enumerate("abc")]
     shuffled = [points[2], points[0], points[1]]
-    assert sweep.sweep_id(points, False) == sweep.sweep_id(shuffled, False)
-    assert sweep.sweep_id(points, False) != sweep.sweep_id(points[:2], False)
-    assert sweep.sweep_id(points, True) != sweep.sweep_id(points, False)
+    assert planning.sweep_id(points, False) == planning.sweep_id(shuffled, False)
+    assert planning.sweep_id(points, False) != planning.sweep_id(points[:2], False)
+    assert planning.sweep_id(points, True) != planning.sweep_id(points, False)
 
 
 def test_the_grid_axes_name_the_points():
@@ -172,7 +171,7 @@ def test_the_grid_axes_name_the_points():
         ["+experiment=s", "optimizer=sgd", "seed=0"],
         ["+experiment=s", "optimizer=adam", "seed=0"],
     ]
-    assert sweep.varying_keys(jobs) == {"optimizer"}
+    assert grid.varying_keys(jobs) == {"optimizer"}
 
 
 def test_owner_tokens_tell_live_processes_from_dead_ones():
@@ -255,12 +254,12 @@ def test_a_slot_worker_resolves_its_gpu_and_records_the_sweeps_name_for_it(monke
 
 def test_points_on_cuda_take_gpu_slots_and_others_take_cpu_workers():
     points = [SimpleNamespace(spec=compose_spec(f"trainer.device={d}")) for d in ("cpu", "cpu")]
-    assert sweep.plan_slots(points, ["0", "1"], 3) == sweep.Slots((), 3)
-    assert sweep.plan_slots(points, [], 3).count == 3
+    assert cohort_plan.plan_slots(points, ["0", "1"], 3) == cohort_plan.Slots((), 3)
+    assert cohort_plan.plan_slots(points, [], 3).count == 3
     points.append(SimpleNamespace(spec=compose_spec("trainer.device=auto")))
-    slots = sweep.plan_slots(points, ["0", "1"], 3)
+    slots = cohort_plan.plan_slots(points, ["0", "1"], 3)
     assert slots.count == 2 and slots.environments()[1]["CUDA_VISIBLE_DEVICES"] == "1"
-    assert sweep.plan_slots(points, [], 3) == sweep.Slots((), 3)  # no GPU: the CPU
+    assert cohort_plan.plan_slots(points, [], 3) == cohort_plan.Slots((), 3)  # no GPU: the CPU
 
 
 # ----------------------------------------------------------------------------- cohorts
@@ -280,11 +279,11 @@ def test_points_that_share_structure_form_cohorts_and_torch_optimizers_train_alo
         ("optimizer=sgd", "trainer.steps=7"),  # another trainer shape
         ("optimizer=sgd", "seed=2"),
     )
-    cohorts = sweep.make_cohorts(points, range(len(points)), max_runs=100, workers=1)
+    cohorts = cohort_plan.make_cohorts(points, range(len(points)), max_runs=100, workers=1)
     assert sorted(c.positions for c in cohorts) == [[0, 2, 6], [1], [3], [4], [5]]
-    capped = sweep.make_cohorts(points, [0, 2, 6], max_runs=2, workers=1)
+    capped = cohort_plan.make_cohorts(points, [0, 2, 6], max_runs=2, workers=1)
     assert [c.positions for c in capped] == [[0, 2], [6]]
-    spread = sweep.make_cohorts(points, [0, 2, 6], max_runs=100, workers=2)
+    spread = cohort_plan.make_cohorts(points, [0, 2, 6], max_runs=100, workers=2)
     assert sorted(c.positions for c in spread) == [[0], [2, 6]]  # every worker gets work
 
 

@@ -14,19 +14,20 @@ import pytest
 from conftest import ROOT, compose_spec, runs_in
 from mlflow.tracking import MlflowClient
 
-from harness import config, tracking, train
+from harness import config, engine, records, train
 from harness import problem as problem_module
 from harness.config import ConfigError
+from harness.records.backends import client as client_backend
 
 
 def test_uri_precedence(monkeypatch, tmp_path):
     default = f"sqlite:///{ROOT / 'mlflow.db'}"
-    assert tracking.resolve_uri(None) == default
+    assert records.resolve_uri(None) == default
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/env.db")
-    assert tracking.resolve_uri(None) == "sqlite:////elsewhere/env.db"
-    assert tracking.resolve_uri("sqlite:////explicit.db") == "sqlite:////explicit.db"
+    assert records.resolve_uri(None) == "sqlite:////elsewhere/env.db"
+    assert records.resolve_uri("sqlite:////explicit.db") == "sqlite:////explicit.db"
     monkeypatch.chdir(tmp_path)
-    assert tracking.resolve_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
+    assert records.resolve_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
 
 
 @pytest.mark.parametrize(
@@ -34,13 +35,13 @@ def test_uri_precedence(monkeypatch, tmp_path):
 )
 def test_unusable_uris_are_refused(uri):
     with pytest.raises(ConfigError, match="tracking.uri"):
-        tracking.check_uri(tracking.resolve_uri(uri))
+        records.check_uri(records.resolve_uri(uri))
 
 
 def record(store_uri, *overrides, background=True):
     spec = compose_spec(f"tracking.uri={store_uri}", *overrides)
     built = problem_module.build(spec)
-    store = tracking.Store(store_uri, spec.tracking.experiment, background=background)
+    store = records.Store(store_uri, spec.tracking.experiment, background=background)
     try:
         run_id, result = train.train_and_record(spec, built, store)
     finally:
@@ -97,77 +98,9 @@ def test_the_fingerprint_ignores_tracking_and_run_name():
     assert config.fingerprint(a) != config.fingerprint(compose_spec("seed=1"))
 
 
-def record_cohort(store_uri, overrides, seeds, **options):
-    """Train one cohort (a run per seed) and record it; returns the runs by seed."""
-    specs = [compose_spec(f"tracking.uri={store_uri}", *overrides, f"seed={s}") for s in seeds]
-    store = tracking.Store(store_uri, "cohort", **options)
-    try:
-        records = train.record_cohort(
-            specs, problem_module.build(specs[0]), store, [f"seed {s}" for s in seeds]
-        )
-    finally:
-        store.close()
-    assert all(recorded.error is None for recorded, _ in records)
-    client = MlflowClient(tracking_uri=store_uri)
-    return [client.get_run(recorded.run_id) for recorded, _ in records]
-
-
-def metric_rows(store_uri, run_id):
-    """Every metric row of a run, as MLflow's client reads them back."""
-    client = MlflowClient(tracking_uri=store_uri)
-    names = client.get_run(run_id).data.metrics
-    return {
-        name: sorted(
-            (m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, name)
-        )
-        for name in names
-    }
-
-
-def test_database_writes_leave_the_records_mlflows_client_leaves(store_uri):
-    """The cohort path (one transaction for many runs) against MLflow's own log_batch and
-    set_terminated: the same params, tags, metric histories and latest values."""
-    overrides = (
-        "dataset=wine",
-        "model=softmax",
-        "loss=cross_entropy",
-        "trainer.steps=40",
-        "trainer.batch_size=16",
-        "optimizer=adam",
-    )
-    bulk = record_cohort(store_uri, overrides, [0, 1, 2])
-    client = record_cohort(store_uri, overrides, [0, 1, 2], bulk=False)
-    assert all(run.info.status == "FINISHED" for run in bulk + client)
-    different = {"owner", "mlflow.runName"}
-    for a, b in zip(bulk, client, strict=True):
-        assert a.info.run_name == b.info.run_name and a.info.user_id == b.info.user_id
-        assert (a.info.lifecycle_stage, a.info.status) == (b.info.lifecycle_stage, "FINISHED")
-        assert a.info.artifact_uri.replace(a.info.run_id, "") == b.info.artifact_uri.replace(
-            b.info.run_id, ""
-        )
-        assert a.info.end_time >= a.info.start_time > 0
-        assert a.data.params == b.data.params
-        assert {k: v for k, v in a.data.tags.items() if k not in different} == {
-            k: v for k, v in b.data.tags.items() if k not in different
-        } | {"cohort_size": "3"}
-        rows_a, rows_b = (
-            metric_rows(store_uri, a.info.run_id),
-            metric_rows(store_uri, b.info.run_id),
-        )
-        assert rows_a.keys() == rows_b.keys() and "val_accuracy" in rows_a
-        for name in rows_a:
-            if name != "wall_seconds":
-                assert [r[:2] for r in rows_a[name]] == [r[:2] for r in rows_b[name]]
-        latest = {k: v for k, v in a.data.metrics.items() if k != "wall_seconds"}
-        assert latest == {k: v for k, v in b.data.metrics.items() if k != "wall_seconds"}
-    assert [run.data.tags["fingerprint"] for run in bulk] == [
-        run.data.tags["fingerprint"] for run in client
-    ]
-
-
 def test_long_runs_show_their_curves_while_they_train(store_uri):
     spec = compose_spec(f"tracking.uri={store_uri}", "trainer.steps=10", "tracking.log_every=1")
-    store = tracking.Store(store_uri, "live", background=False, flush_seconds=0.0)
+    store = records.Store(store_uri, "live", background=False, flush_seconds=0.0)
     (handle,) = store.start_runs([spec], ["live"], [{}], [{}])
     store.log_curves([handle], [{"train_loss": ([0, 1, 2], [3.0, 2.0, 1.0])}], {})
     (run,) = runs_in(store_uri, "live")
@@ -180,7 +113,7 @@ def test_long_runs_show_their_curves_while_they_train(store_uri):
     assert run.info.status == "FINISHED" and math.isnan(run.data.metrics["train_loss"])
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [0, 1, 2, 3]
-    curve = tracking.read_experiment(store_uri, "live").metrics.query("key == 'train_loss'")
+    curve = records.read_experiment(store_uri, "live").metrics.query("key == 'train_loss'")
     values = curve.sort_values("step").value.tolist()
     assert values[:3] == [3.0, 2.0, 1.0] and math.isnan(values[3])  # not MLflow's stored 0
 
@@ -199,15 +132,15 @@ def test_the_inline_writer_records_the_same_run(store_uri):
 
 
 def test_a_dead_writer_is_reported_not_waited_for(store_uri):
-    store = tracking.Store(store_uri, "runs")
+    store = records.Store(store_uri, "runs")
     store.writer.process.kill()
     store.writer.process.join()
-    with pytest.raises(tracking.TrackingError, match="writer process died"):
+    with pytest.raises(records.TrackingError, match="writer process died"):
         store.writer.call("finish", ["no-such-run"], [{}], [{}], reply=True)
 
 
 def test_an_mlflow_error_in_the_writer_reaches_the_caller(store_uri):
-    store = tracking.Store(store_uri, "runs")
+    store = records.Store(store_uri, "runs")
     try:
         _, errors = store.writer.call("finish", ["never-started"], [{}], [{}], reply=True)
     finally:
@@ -251,7 +184,7 @@ def test_an_interrupted_run_is_recorded_killed(store_uri, monkeypatch):
 
 
 def test_a_failed_curve_write_finishes_the_run_failed(store_uri):
-    store = tracking.Store(store_uri, "runs")
+    store = records.Store(store_uri, "runs")
     spec = compose_spec()
     try:
         (handle,) = store.start_runs([spec], ["broken"], [{}], [{}])
@@ -268,8 +201,8 @@ def test_a_failed_curve_write_finishes_the_run_failed(store_uri):
 def test_the_writer_exits_when_its_parent_is_killed(tmp_path, store_uri):
     script = (
         "import os, sys\n"
-        "from harness import tracking\n"
-        f"store = tracking.Store({store_uri!r}, 'runs')\n"
+        "from harness import records\n"
+        f"store = records.Store({store_uri!r}, 'runs')\n"
         "print(store.writer.process.pid, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
@@ -286,27 +219,10 @@ def test_the_writer_exits_when_its_parent_is_killed(tmp_path, store_uri):
         pytest.fail("the orphaned writer process is still running")
 
 
-def test_a_run_whose_final_write_fails_is_not_left_running(store_uri, monkeypatch):
-    store = tracking.Store(store_uri, "runs", background=False)
-    (handle,) = store.start_runs([compose_spec()], ["doomed"], [{}], [{}])
-    original = tracking.DatabaseWrites.write
-
-    def locked(self, batch):
-        if batch.ended:
-            raise RuntimeError("database is locked")
-        return original(self, batch)
-
-    monkeypatch.setattr(tracking.DatabaseWrites, "write", locked)
-    result = train.engine.train_cohort([compose_spec("trainer.steps=3")])[0]
-    (recorded,) = store.finish_runs([handle], [result])
-    assert "database is locked" in recorded.error
-    assert runs_in(store_uri)[0].info.status == "FAILED"
-
-
 def test_a_busy_server_is_asked_again_and_other_errors_are_raised_at_once(monkeypatch):
     from mlflow.exceptions import MlflowException
 
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(client_backend.time, "sleep", lambda seconds: None)
     answers = iter(["QueuePool limit of size 5 overflow 10 reached"] * 2)
 
     def busy_twice(value):
@@ -315,7 +231,7 @@ def test_a_busy_server_is_asked_again_and_other_errors_are_raised_at_once(monkey
             raise MlflowException(message)
         return value
 
-    assert tracking._retrying(busy_twice, 7) == 7
+    assert client_backend.retrying(busy_twice, 7) == 7
     calls = []
 
     def refused(value):
@@ -323,16 +239,104 @@ def test_a_busy_server_is_asked_again_and_other_errors_are_raised_at_once(monkey
         raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")
 
     with pytest.raises(MlflowException, match="no such run"):
-        tracking._retrying(refused, 1)
+        client_backend.retrying(refused, 1)
     assert calls == [1]
 
 
 def test_mlflow_telemetry_is_off_unless_asked_for():
     """Its thread unsets an environment variable while writer threads copy os.environ."""
-    code = "import harness.tracking; from mlflow.telemetry.client import get_telemetry_client as t;"
+    code = "import harness.records; from mlflow.telemetry.client import get_telemetry_client as t;"
     code += " print(t())"
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=environment
     )
     assert done.stdout.strip() == "None", done.stderr
+
+
+def test_what_the_writer_writes_the_reader_reads_back_field_by_field(store_uri):
+    """A cohort written through the Store (one run diverges), read back by read_experiment:
+    every run's name, status, times, params, tags, curve points (step, value, timestamp) and
+    end-of-run summaries."""
+    specs = [
+        compose_spec(
+            f"tracking.uri={store_uri}",
+            "dataset=linear_toy",
+            "model=linear",
+            "model.init=[1.6,-0.5]",
+            f"optimizer.lr={lr}",
+            "trainer.steps=40",
+            "tracking.log_every=1",
+        )
+        for lr in (0.01, 0.5)
+    ]
+    problem = problem_module.build(specs[0])
+    results = engine.train_cohort(specs, problem)
+    assert [r.diverged for r in results] == [False, True]
+    params = [records.run_params(s, {"data.n_train": 12}) for s in specs]
+    given = [{"note": f"run {i}", records.Tag.SPLIT_DIGEST: "abc"} for i in range(2)]
+    store = records.Store(store_uri, "trip")
+    try:
+        handles = store.start_runs(specs, ["slow", "fast"], params, given)
+        store.log_curves(handles, [r.curves for r in results], results[0].seconds_at)
+        written = store.finish_runs(handles, results)
+    finally:
+        store.close()
+    tables = records.read_experiment(store_uri, "trip")
+    assert set(tables.runs.run_id) == {w.run_id for w in written}
+    for spec, name, recorded, result, sent, tags in zip(
+        specs, ["slow", "fast"], written, results, params, given, strict=True
+    ):
+        run = tables.runs.set_index("run_id").loc[recorded.run_id]
+        assert (run.run_name, run.status) == (name, records.Status.FINISHED)
+        assert run.end_time >= run.start_time > 0
+        got_params = tables.params.query("run_id == @recorded.run_id")
+        assert dict(zip(got_params.key, got_params.value, strict=True)) == sent
+        got_tags = tables.tags.query("run_id == @recorded.run_id")
+        got_tags = dict(zip(got_tags.key, got_tags.value, strict=True))
+        assert (
+            got_tags.items()
+            >= {
+                **tags,
+                records.Tag.FINGERPRINT: config.fingerprint(spec),
+                records.Tag.DIVERGED: str(result.diverged).lower(),
+                records.Tag.COHORT_SIZE: "2",
+                records.Tag.RUN_NAME: name,
+                records.Tag.SOURCE_NAME: "harness.train",
+            }.items()
+        )
+        metrics = tables.metrics.query("run_id == @recorded.run_id")
+        for key, (steps, values) in result.curves.items():
+            curve = metrics[metrics.key == key].sort_values("step")
+            assert curve.step.tolist() == steps, key
+            assert curve.value.tolist() == pytest.approx(values, nan_ok=True), key
+            offsets = [int(1000 * result.seconds_at.get(step, 0)) for step in steps]
+            assert curve.timestamp.tolist() == [run.start_time + o for o in offsets], key
+        last = result.diverged_step if result.diverged else result.plan.total_steps
+        summaries = metrics[metrics.key.isin(records.Summary.ALL)].set_index("key")
+        assert summaries.loc[records.Summary.WALL_SECONDS, "value"] == result.seconds
+        assert (summaries.step == last).all()
+        if result.diverged:
+            assert summaries.loc[records.Summary.DIVERGED_STEP, "value"] == last
+        else:
+            assert records.Summary.DIVERGED_STEP not in summaries.index
+
+
+def test_runs_carry_mlflows_source_tags_and_their_data_set(store_uri):
+    """The UI's Source and User columns, the Dataset column (one input per split with its
+    rows, digests derived from the split digest) and the model-training experiment kind."""
+    spec, run, _ = record(store_uri, "dataset=wine", "model=softmax", "loss=cross_entropy")
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "harness.train" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"] != "unknown"
+    assert run.info.user_id == tags["mlflow.user"] != "unknown"
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    params = run.data.params
+    assert set(inputs) == {"train", "val", "test"}
+    for split, dataset in inputs.items():
+        assert dataset.name == "wine" and dataset.source_type == "code"
+        assert json.loads(dataset.profile) == {"num_rows": int(params[f"data.n_{split}"])}
+        assert json.loads(dataset.source)["tags"]["dataset.split_seed"] == "0"
+    assert len({d.digest for d in inputs.values()}) == 3
+    experiment = MlflowClient(tracking_uri=store_uri).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -1,0 +1,151 @@
+"""Writes and reads through MLflow's client: the path for an MLflow server (and for database
+stores whose schema the direct writes were not verified on). Each call waits on a request, so
+runs are written several at a time, and a server's "busy" answer is asked again."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from mlflow.entities import Dataset, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput as MlflowDatasetInput
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+from harness.records import experiments
+from harness.records.schema import (
+    DATASET_CONTEXT,
+    CreatedRun,
+    DatasetInput,
+    ExperimentTables,
+    NewRun,
+    Writes,
+)
+
+CLIENT_THREADS = 4  # runs written at once through MLflow's client
+# A server's answer that means "busy, ask again": its database connection pool ran out (MLflow
+# answers 400; its HTTP layer already retries 5xx answers). Retried after 1, 2, 4, ... s.
+TRANSIENT = ("QueuePool limit",)
+RETRIES = 7
+HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
+HISTORY_LIMIT = 25_000  # points in one answer of that endpoint, at most
+HISTORY_RUNS = 100  # and runs in one request
+
+
+def retrying(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, asked again while the server answers that it is busy
+    (``TRANSIENT``: the request failed before its transaction began, so nothing is written
+    twice); any other error is raised at once."""
+    for attempt in range(RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as error:
+            if attempt == RETRIES - 1 or not any(m in str(error) for m in TRANSIENT):
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def in_threads(function, items: list) -> list:
+    """``function`` over ``items`` on up to ``CLIENT_THREADS`` threads, results in order; the
+    first error is raised."""
+    if len(items) < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(CLIENT_THREADS, len(items))) as threads:
+        return list(threads.map(function, items))
+
+
+def _dataset_input(entry: DatasetInput) -> MlflowDatasetInput:
+    """MLflow's dataset input entity for ``entry``, as ``log_inputs`` takes it."""
+    dataset = Dataset(
+        entry.name, entry.digest, entry.source_type, entry.source, profile=entry.profile
+    )
+    return MlflowDatasetInput(dataset, [InputTag(DATASET_CONTEXT, entry.context)])
+
+
+class ClientWrites:
+    """Creates and writes runs through MLflow's client: per run ``create_run``, ``log_batch``
+    (which splits to MLflow's limits), ``log_inputs`` and ``set_terminated``, for
+    ``CLIENT_THREADS`` runs at a time."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+
+    def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
+        def create_one(new: NewRun) -> CreatedRun:
+            client = self.client
+            run = retrying(client.create_run, experiment_id, run_name=new.name, tags=new.tags)
+            params = [Param(k, v) for k, v in new.params.items()]
+            retrying(client.log_batch, run.info.run_id, params=params)
+            if new.inputs:
+                datasets = [_dataset_input(entry) for entry in new.inputs]
+                retrying(client.log_inputs, run.info.run_id, datasets=datasets)
+            return CreatedRun(run.info.run_id, run.info.start_time, run.info.artifact_uri)
+
+        return in_threads(create_one, new_runs)
+
+    def write(self, batch: Writes) -> None:
+        def write_one(run: str) -> None:
+            retrying(
+                self.client.log_batch,
+                run,
+                metrics=[
+                    Metric(key, value, stamp, step)
+                    for key, steps, values, stamps in batch.metrics.get(run, [])
+                    for step, value, stamp in zip(steps, values, stamps, strict=True)
+                ],
+                tags=[RunTag(k, v) for k, v in batch.tags.get(run, {}).items()],
+            )
+            if run in batch.ended:
+                status, end = batch.ended[run]
+                retrying(self.client.set_terminated, run, status, end)
+
+        in_threads(write_one, list({*batch.metrics, *batch.tags, *batch.ended}))
+
+
+def read_tables(uri: str, experiment_id: str) -> ExperimentTables:
+    """``read_experiment`` from an MLflow server: runs, params and tags from paged run searches
+    (active runs), the histories of each metric from the server's bulk endpoint for the runs
+    whose latest metrics name it."""
+    import pandas as pd
+
+    runs = list(experiments.all_runs(MlflowClient(tracking_uri=uri), experiment_id))
+    keys: dict[str, list[str]] = {}
+    for run in runs:
+        for key in run.data.metrics:
+            keys.setdefault(key, []).append(run.info.run_id)
+    info = [
+        (r.info.run_id, r.info.run_name, r.info.status, r.info.start_time, r.info.end_time)
+        for r in runs
+    ]
+    params = [(r.info.run_id, k, v) for r in runs for k, v in r.data.params.items()]
+    tags = [(r.info.run_id, k, v) for r in runs for k, v in r.data.tags.items()]
+    points = [p for key, run_ids in keys.items() for p in _metric_histories(uri, key, run_ids)]
+    return ExperimentTables(
+        pd.DataFrame(info, columns=["run_id", "run_name", "status", "start_time", "end_time"]),
+        pd.DataFrame(params, columns=["run_id", "key", "value"]),
+        pd.DataFrame(tags, columns=["run_id", "key", "value"]),
+        pd.DataFrame(points, columns=["run_id", "key", "value", "step", "timestamp"]),
+    )
+
+
+def _metric_histories(uri: str, key: str, run_ids: list[str]) -> list[dict]:
+    """Every point of metric ``key`` of the runs (dicts with run_id, key, value, step and
+    timestamp) from the server's bulk endpoint, ``HISTORY_RUNS`` runs a request. The server
+    cuts an answer at ``HISTORY_LIMIT`` points, so a full answer is asked again in halves, and
+    a single run's by MLflow's paged history call."""
+    if len(run_ids) > HISTORY_RUNS:
+        chunks = experiments.chunks(run_ids, HISTORY_RUNS)
+        return [p for chunk in chunks for p in _metric_histories(uri, key, chunk)]
+    query = {"run_id": run_ids, "metric_key": key, "max_results": HISTORY_LIMIT}
+    answer = http_request(get_default_host_creds(uri), HISTORY_ENDPOINT, "GET", params=query)
+    points = verify_rest_response(answer, HISTORY_ENDPOINT).json().get("metrics", [])
+    if len(points) < HISTORY_LIMIT:
+        return points
+    if len(run_ids) == 1:
+        history = MlflowClient(tracking_uri=uri).get_metric_history(run_ids[0], key)
+        return [{**m.to_dictionary(), "run_id": run_ids[0]} for m in history]
+    half = len(run_ids) // 2
+    return _metric_histories(uri, key, run_ids[:half]) + _metric_histories(uri, key, run_ids[half:])

@@ -1,0 +1,382 @@
+"""Direct writes and bulk reads on the tables of MLflow's database store (sqlite, PostgreSQL,
+MySQL): the harness's only use of MLflow's internals (``mlflow.store.*``: its table models,
+its store class, its schema migrations).
+
+Verified on MLflow 3.17.2 (schema revision dc11669786a5) and 3.18.0 (f4a9b2c7d1e6; its three
+new revisions add tables of their own and change none of these): ``tests/test_records_sql.py``
+holds these writes against MLflow's own ``create_run``, ``log_batch``, ``log_inputs`` and
+``set_terminated`` (the same records, read back through MLflow's client). On a store of any
+other schema revision the writers go through MLflow's client instead (``bulk_verified``), and
+a store newer than the installed MLflow is refused before anything is written
+(``check_schema``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.store.db.utils import _get_alembic_config
+from mlflow.store.tracking.dbmodels.models import (
+    SqlDataset,
+    SqlInput,
+    SqlInputTag,
+    SqlLatestMetric,
+    SqlMetric,
+    SqlParam,
+    SqlRun,
+    SqlTag,
+)
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import _validate_metric
+
+from harness.config import ConfigError
+from harness.records.schema import (
+    DATASET_CONTEXT,
+    CreatedRun,
+    ExperimentTables,
+    NewRun,
+    Series,
+    Status,
+    Tag,
+    Writes,
+)
+
+# The schema revisions these writes were verified on, and the MLflow release that made each.
+VERIFIED = {"dc11669786a5": "3.17.2", "f4a9b2c7d1e6": "3.18.0"}
+SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
+ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
+RUN_COLUMNS = (
+    "run_uuid",
+    "name",
+    "source_type",
+    "source_name",
+    "entry_point_name",
+    "user_id",
+    "status",
+    "start_time",
+    "end_time",
+    "deleted_time",
+    "source_version",
+    "lifecycle_stage",
+    "artifact_uri",
+    "experiment_id",
+)
+METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
+PAIR_COLUMNS = ("run_uuid", "key", "value")
+
+
+def database_store(client) -> SqlAlchemyStore | None:
+    """The client's store when it is a database, else None (an MLflow server)."""
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def schema_revision(store: SqlAlchemyStore) -> str | None:
+    """The store's schema revision (alembic's), None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with store.engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def bulk_verified(store: SqlAlchemyStore) -> bool:
+    """Whether the direct writes were verified on the store's schema."""
+    return schema_revision(store) in VERIFIED
+
+
+def check_schema(uri: str) -> None:
+    """Refuse a database written by a newer MLflow than the installed one (a schema revision
+    the installed MLflow does not know), naming both versions, before MLflow's own check
+    calls it "out-of-date". Older stores are MLflow's to upgrade or refuse (it upgrades one
+    that lacks a table it needs, and asks for ``mlflow db upgrade`` otherwise)."""
+    import mlflow
+    import sqlalchemy
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            found = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    if found is None or found in {revision.revision for revision in script.walk_revisions()}:
+        return
+    installed = mlflow.__version__
+    maker = f"MLflow {VERIFIED[found]}" if found in VERIFIED else "an MLflow newer than that"
+    allowed = (
+        f"a store the installed MLflow {installed} can open; this one was written by {maker} "
+        f"(schema {found}): install that MLflow here (`mlflow db upgrade` upgrades only stores "
+        f"older than the installed MLflow)"
+    )
+    raise ConfigError("tracking.uri", uri, allowed)
+
+
+class DatabaseWrites:
+    """Creates and writes many runs per transaction on a database store, leaving the tables as
+    MLflow's own ``create_run``, ``log_inputs``, ``log_batch`` and ``set_terminated`` would: run
+    rows (the user from the ``mlflow.user`` tag, as the client's ``create_run``), dataset rows
+    (one per experiment, name and digest), input edges and their context tags, metric rows
+    (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the latest value per
+    run and metric by (step, timestamp, value), params, tags (replacing a tag of the same key)
+    and run status. The client needs five or more transactions per run; a cohort needs two
+    here."""
+
+    def __init__(self, store: SqlAlchemyStore, client):
+        self.store, self.client = store, client
+        self.metrics, self.latest = SqlMetric.__table__, SqlLatestMetric.__table__
+        self.params, self.tags, self.runs = SqlParam.__table__, SqlTag.__table__, SqlRun.__table__
+        self.datasets, self.inputs = SqlDataset.__table__, SqlInput.__table__
+        self.input_tags = SqlInputTag.__table__
+        self.artifact_roots: dict[str, str] = {}
+
+    def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
+        if experiment_id not in self.artifact_roots:
+            found = self.client.get_experiment(experiment_id)
+            if found.lifecycle_stage != "active":
+                raise MlflowException(f"experiment {found.name!r} is deleted")
+            self.artifact_roots[experiment_id] = found.artifact_location
+        now, created, rows, params, tags = int(1000 * time.time()), [], [], [], []
+        for new in new_runs:
+            run_id = uuid.uuid4().hex
+            artifact_uri = append_to_uri_path(
+                self.artifact_roots[experiment_id], run_id, "artifacts"
+            )
+            created.append(CreatedRun(run_id, now, artifact_uri))
+            user = new.tags.get(Tag.USER, "unknown")
+            rows.append(
+                (run_id, new.name, "UNKNOWN", "", "", user, Status.RUNNING, now, None, None, "")
+                + ("active", artifact_uri, int(experiment_id))
+            )
+            params += [(run_id, key, value) for key, value in new.params.items()]
+            tags += [(run_id, k, v) for k, v in {Tag.RUN_NAME: new.name, **new.tags}.items()]
+        with self._transaction() as connection:
+            self._insert(connection, self.runs, RUN_COLUMNS, rows)
+            self._insert(connection, self.params, PAIR_COLUMNS, params)
+            self._insert(connection, self.tags, PAIR_COLUMNS, tags)
+            runs = [(run.run_id, new.inputs) for run, new in zip(created, new_runs, strict=True)]
+            self._log_inputs(connection, int(experiment_id), runs)
+        return created
+
+    def _log_inputs(self, connection, experiment_id: int, runs: list) -> None:
+        """Dataset rows for the experiment's datasets not stored yet, an input edge from each
+        dataset to each run that saw it, and the edge's context tag."""
+        wanted = {(i.name, i.digest): i for _, inputs in runs for i in inputs}
+        if not wanted:
+            return
+        uuids = self._dataset_uuids(connection, experiment_id, wanted)
+        new = [(name, digest) for name, digest in wanted if (name, digest) not in uuids]
+        uuids.update({key: uuid.uuid4().hex for key in new})
+        self._insert(
+            connection,
+            self.datasets,
+            ("dataset_uuid", "experiment_id", "name", "digest")
+            + ("dataset_source_type", "dataset_source", "dataset_schema", "dataset_profile"),
+            [
+                (uuids[key], experiment_id, *key, wanted[key].source_type, wanted[key].source)
+                + (None, wanted[key].profile)
+                for key in new
+            ],
+        )
+        edges, edge_tags = [], []
+        for run_id, inputs in runs:
+            for source in {(i.name, i.digest): i for i in inputs}.values():
+                edge = uuid.uuid4().hex
+                edges.append((edge, "DATASET", uuids[(source.name, source.digest)], "RUN", run_id))
+                edge_tags.append((edge, DATASET_CONTEXT, source.context))
+        self._insert(
+            connection,
+            self.inputs,
+            ("input_uuid", "source_type", "source_id", "destination_type", "destination_id"),
+            edges,
+        )
+        self._insert(connection, self.input_tags, ("input_uuid", "name", "value"), edge_tags)
+
+    def _dataset_uuids(self, connection, experiment_id: int, wanted: dict) -> dict:
+        from sqlalchemy import select
+
+        table = self.datasets.c
+        found = connection.execute(
+            select(table.name, table.digest, table.dataset_uuid).where(
+                table.experiment_id == experiment_id,
+                table.name.in_({name for name, _ in wanted}),
+                table.digest.in_({digest for _, digest in wanted}),
+            )
+        )
+        return {(name, digest): dataset for name, digest, dataset in found}
+
+    def write(self, batch: Writes) -> None:
+        from sqlalchemy import bindparam, update
+
+        tag_rows = [
+            (run, key, value) for run, tags in batch.tags.items() for key, value in tags.items()
+        ]
+        with self._transaction() as connection:
+            for runs in self._slices(batch.metrics):  # rows for a slice of runs at a time
+                metric_rows = self._metric_rows({run: batch.metrics[run] for run in runs})
+                if metric_rows:
+                    self._insert(connection, self.metrics, METRIC_COLUMNS, metric_rows)
+                    newer = self._newer_latest(connection, metric_rows)
+                    self._replace(connection, self.latest, METRIC_COLUMNS, newer)
+            self._replace(connection, self.tags, PAIR_COLUMNS, tag_rows)
+            if batch.ended:
+                statement = (
+                    update(self.runs)
+                    .where(self.runs.c.run_uuid == bindparam("run"))
+                    .values(status=bindparam("new_status"), end_time=bindparam("new_end"))
+                )
+                ended = [
+                    {"run": run, "new_status": status, "new_end": end}
+                    for run, (status, end) in batch.ended.items()
+                ]
+                connection.execute(statement, ended)
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """A connection in a transaction; sqlite gets a page cache large enough to keep the
+        metric indexes in memory while a cohort's rows go in (a quarter less time)."""
+        with self.store.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            yield connection
+
+    @staticmethod
+    def _slices(metrics: dict[str, list[Series]]):
+        """The runs in groups of about ``ROWS_PER_INSERT`` metric points, so the rows of a
+        large cohort are never all in memory at once."""
+        group, count = [], 0
+        for run, series in metrics.items():
+            group.append(run)
+            count += sum(len(steps) for _, steps, _, _ in series)
+            if count >= ROWS_PER_INSERT:
+                yield group
+                group, count = [], 0
+        if group:
+            yield group
+
+    def _metric_rows(self, metrics: dict[str, list[Series]]) -> list[tuple]:
+        rows, checked = [], set()
+        sanitize = self.store.sanitize_metric_value
+        for run, series in metrics.items():
+            for key, steps, values, stamps in series:
+                if key not in checked and steps:  # the key's name; values are the engine's
+                    _validate_metric(key, values[0], stamps[0], steps[0])
+                    checked.add(key)
+                for step, value, stamp in zip(steps, values, stamps, strict=True):
+                    is_nan, value = sanitize(float(value))
+                    rows.append((run, key, value, stamp, step, is_nan))
+        return rows
+
+    def _newer_latest(self, connection, rows: list[tuple]) -> list[tuple]:
+        """The rows that become the latest value of their (run, metric): the largest
+        (step, timestamp, value), against those already stored."""
+        from sqlalchemy import select
+
+        def order(row):  # (step, timestamp, value) of (run, key, value, timestamp, step, ...)
+            return row[4], row[3], row[2]
+
+        best: dict[tuple[str, str], tuple] = {}
+        for row in rows:
+            if row[:2] not in best or order(row) > order(best[row[:2]]):
+                best[row[:2]] = row
+        runs = sorted({run for run, _ in best})
+        latest = self.latest.c
+        for start in range(0, len(runs), 500):
+            found = connection.execute(
+                select(
+                    latest.run_uuid, latest.key, latest.step, latest.timestamp, latest.value
+                ).where(latest.run_uuid.in_(runs[start : start + 500]))
+            )
+            for run, key, step, timestamp, value in found:
+                new = best.get((run, key))
+                if new is not None and (step, timestamp, value) >= order(new):
+                    del best[(run, key)]
+        return list(best.values())
+
+    @staticmethod
+    def _insert(connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert ``rows`` (tuples in ``columns`` order) with one DB-API executemany: the
+        statement is compiled once by SQLAlchemy for the store's dialect."""
+        from sqlalchemy import insert
+
+        if not rows:
+            return
+        compiled = (
+            insert(table).values({c: None for c in columns}).compile(dialect=connection.dialect)
+        )
+        if compiled.positional:
+            order = [columns.index(name) for name in compiled.positiontup]
+            parameters = [tuple(row[i] for i in order) for row in rows]
+        else:
+            parameters = [dict(zip(columns, row, strict=True)) for row in rows]
+        connection.exec_driver_sql(str(compiled), parameters)
+
+    def _replace(self, connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Insert ``rows``, first deleting the rows with the same (run, key)."""
+        from sqlalchemy import and_, bindparam, delete
+
+        if not rows:
+            return
+        same = and_(table.c.run_uuid == bindparam("run"), table.c.key == bindparam("name"))
+        connection.execute(delete(table).where(same), [{"run": r[0], "name": r[1]} for r in rows])
+        self._insert(connection, table, columns, rows)
+
+
+def read_tables(store: SqlAlchemyStore, experiment_id: str) -> ExperimentTables:
+    """Every active run of the experiment with all its params, tags and metric histories, in
+    four SQL queries (MLflow's client would need one call per run and metric)."""
+    import pandas as pd
+    from sqlalchemy import select
+
+    active = select(SqlRun.run_uuid).where(
+        SqlRun.experiment_id == int(experiment_id), SqlRun.lifecycle_stage == "active"
+    )
+    runs = select(
+        SqlRun.run_uuid.label("run_id"),
+        SqlRun.name.label("run_name"),
+        SqlRun.status,
+        SqlRun.start_time,
+        SqlRun.end_time,
+    ).where(SqlRun.run_uuid.in_(active))
+
+    def pairs(model: Any):
+        return select(model.run_uuid.label("run_id"), model.key, model.value).where(
+            model.run_uuid.in_(active)
+        )
+
+    metrics = select(
+        SqlMetric.run_uuid.label("run_id"),
+        SqlMetric.key,
+        SqlMetric.value,
+        SqlMetric.step,
+        SqlMetric.timestamp,
+        SqlMetric.is_nan,
+    ).where(SqlMetric.run_uuid.in_(active))
+    queries = (runs, pairs(SqlParam), pairs(SqlTag), metrics)
+    with store.engine.connect() as connection:
+        tables = ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
+    nan = tables.metrics.pop("is_nan").astype(bool)  # MLflow stores NaN as 0 with this flag
+    tables.metrics.loc[nan, "value"] = float("nan")
+    return tables
+
+
+def unverified_note(client) -> str | None:
+    """The line that says a database store's runs go through MLflow's client (slower), when
+    its schema is not one the direct writes were verified on; None otherwise."""
+    store = database_store(client)
+    if store is None or bulk_verified(store):
+        return None
+    import mlflow
+
+    verified = ", ".join(f"{revision} (MLflow {v})" for revision, v in VERIFIED.items())
+    return (
+        f"note: the store's schema {schema_revision(store)} (MLflow {mlflow.__version__}) is not "
+        f"one the harness's bulk writes were verified on ({verified}): runs are written "
+        "through MLflow's client instead, which is slower"
+    )

@@ -1,0 +1,106 @@
+"""Opening a store and finding things in it: the client of a checked store, a study's
+experiment (created on first use as a model-training experiment, so that MLflow's UI opens its
+runs table), runs by role, and every run page by page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from harness.config import ConfigError
+from harness.records.schema import Status, Tag
+from harness.records.uri import artifact_location, is_server
+
+# MLflow's experiment tag that picks the web app's view: model training, not GenAI.
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def connect(uri: str) -> MlflowClient:
+    """MLflow's client of the store at ``uri``, after refusing a database the installed MLflow
+    cannot open (ConfigError: see ``backends.sql.check_schema``)."""
+    if not is_server(uri):
+        from harness.records.backends import sql
+
+        sql.check_schema(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """``connect``, with any failure to open the store (MLflow's own) as a ConfigError."""
+    try:
+        client = connect(uri)
+        client.search_experiments(max_results=1)
+    except ConfigError:
+        raise
+    except Exception as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError("tracking.uri", uri, f"MLflow cannot open it: {first_line}") from error
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if missing; either way marked as a
+    model-training experiment."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = artifact_location(client.tracking_uri, name)
+        try:
+            return client.create_experiment(name, location, {KIND_TAG: KIND_TRAINING})
+        except MlflowException:  # another process created it first
+            found = client.get_experiment_by_name(name)
+    if found.tags.get(KIND_TAG) != KIND_TRAINING:
+        client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND_TRAINING)
+    return found.experiment_id
+
+
+def find_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``; ConfigError when the store has none of that name."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise ConfigError("study", name, f"no experiment of that name in {client.tracking_uri}")
+    return found.experiment_id
+
+
+def reopen_or_create(
+    client: MlflowClient, experiment: str, role: str, match: str, name: str, tags: dict
+) -> tuple[str, bool]:
+    """The run with ``role`` (and matching the filter ``match``), set RUNNING again, or a new
+    one named ``name`` with ``tags``; returns (run id, whether it is new)."""
+    found = client.search_runs(
+        [experiment], filter_string=f"tags.{Tag.ROLE} = '{role}'{match}", max_results=1
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status=Status.RUNNING)
+        return found[0].info.run_id, False
+    run = client.create_run(experiment, run_name=name, tags={Tag.ROLE: role, **tags})
+    return run.info.run_id, True
+
+
+def all_runs(client: MlflowClient, experiment: str) -> Iterator:
+    """Every active run of the experiment, searched page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment], max_results=5000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    """``items`` in lists of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def listing(uri: str) -> list[tuple[str, str]]:
+    """The store's active experiments that hold runs: (id, name), by name."""
+    client = open_client(uri)
+    found = [
+        (experiment.experiment_id, experiment.name)
+        for experiment in client.search_experiments()
+        if client.search_runs([experiment.experiment_id], max_results=1)
+    ]
+    return sorted(found, key=lambda entry: entry[1])

@@ -1,0 +1,120 @@
+"""Holding runs' curves and writing them in batches, many runs at a time."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+from harness.config import yaml_text
+from harness.records import experiments
+from harness.records.backends import sql
+from harness.records.backends.client import ClientWrites, in_threads
+from harness.records.schema import CreatedRun, NewRun, Series, Status, Tag, Writes
+
+FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
+
+
+@dataclass
+class _OpenRun:
+    run_id: str
+    start_ms: int
+    pending: list[Series] = field(default_factory=list)  # curves not written yet
+
+
+class Recorder:
+    """Performs the MLflow writes of runs named by handles the caller chooses, many runs at a
+    time: runs are created with their params, tags, dataset inputs and config artifact, then
+    their curves are held until they end (or every ``flush_seconds`` while they train, so long
+    runs show their curves live) and written with the end-of-run metrics, tags and status. On
+    a database store of a verified schema each step is one transaction for all the runs
+    (``bulk``, see ``backends.sql``); elsewhere MLflow's client writes run by run."""
+
+    def __init__(self, uri: str, flush_seconds: float = FLUSH_SECONDS, bulk: bool = True):
+        self.client = experiments.connect(uri)
+        store = sql.database_store(self.client)
+        direct = bulk and store is not None and sql.bulk_verified(store)
+        self.writes = (
+            sql.DatabaseWrites(store, self.client) if direct else ClientWrites(self.client)
+        )
+        self.flush_seconds = flush_seconds
+        self.runs: dict[str, _OpenRun] = {}
+        self.last_flush = time.monotonic()
+
+    def experiment(self, handles, name: str) -> str:
+        return experiments.experiment_id(self.client, name)
+
+    def start(self, handles: list[str], experiment_id: str, new_runs: list[NewRun]) -> None:
+        created = self.writes.create(experiment_id, new_runs)
+        for handle, run in zip(handles, created, strict=True):
+            self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
+        with tempfile.TemporaryDirectory() as folder:
+
+            def upload(pair: tuple[NewRun, CreatedRun]) -> None:
+                new, run = pair
+                path = Path(folder) / run.run_id / "config.yaml"
+                path.parent.mkdir()
+                path.write_text(yaml_text(new.config))
+                repository = get_artifact_repository(run.artifact_uri, self.client.tracking_uri)
+                repository.log_artifact(str(path))
+
+            in_threads(upload, list(zip(new_runs, created, strict=True)))
+
+    def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
+        """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus
+        seconds_at; write all held points when ``flush_seconds`` have passed."""
+        offsets = {step: int(1000 * seconds) for step, seconds in seconds_at.items()}
+        for handle, chunk in zip(handles, chunks, strict=True):
+            run = self.runs[handle]
+            for name, (steps, values) in chunk.items():
+                if len(steps) != len(values):
+                    raise ValueError(f"{name}: {len(steps)} steps but {len(values)} values")
+                stamps = [run.start_ms + offsets.get(step, 0) for step in steps]
+                run.pending.append((name, steps, values, stamps))
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            batch = Writes()
+            for run in self.runs.values():
+                batch.metrics[run.run_id], run.pending = run.pending, []
+            self._write(batch, list(self.runs))
+
+    def finish(self, handles: list[str], summaries: list[dict], tags: list[dict]) -> list[str]:
+        """Write the held curves, the end-of-run metrics ``{name: (value, step)}`` and tags,
+        and mark the runs FINISHED."""
+        batch, now = Writes(), int(1000 * time.time())
+        for handle, summary, run_tags in zip(handles, summaries, tags, strict=True):
+            run = self.runs[handle]
+            ends = [
+                (key, [step], [value], [run.start_ms]) for key, (value, step) in summary.items()
+            ]
+            batch.metrics[run.run_id] = run.pending + ends
+            batch.tags[run.run_id] = run_tags
+            batch.ended[run.run_id] = (Status.FINISHED, now)
+        self._write(batch, handles)
+        return [self.runs.pop(handle).run_id for handle in handles]
+
+    def fail(self, handles: list[str], status: str, message: str, text: str) -> list[str]:
+        """Write the held curves and the error, and end the runs with ``status``."""
+        handles = [h for h in handles if h in self.runs]  # runs never created are skipped
+        batch, now = Writes(), int(1000 * time.time())
+        for handle in handles:
+            run = self.runs[handle]
+            batch.metrics[run.run_id] = run.pending
+            batch.tags[run.run_id] = {Tag.ERROR: message, Tag.NOTE: text}
+            batch.ended[run.run_id] = (status, now)
+        self._write(batch, handles, status)
+        return [self.runs.pop(handle).run_id for handle in handles]
+
+    def _write(self, batch: Writes, handles: list[str], status: str = Status.FAILED) -> None:
+        """Write ``batch``; if that raises, still end the runs (``status``), then re-raise."""
+        try:
+            self.writes.write(batch)
+        except Exception:
+            for handle in handles:
+                run = self.runs.pop(handle)
+                self.client.set_terminated(run.run_id, status)
+            raise
+        finally:
+            self.last_flush = time.monotonic()

@@ -1,0 +1,137 @@
+"""The facade that training writes through: one store and one experiment, runs written by a
+writer (forked or inline) a cohort at a time."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import traceback
+import uuid
+
+from harness.config import ConfigError, RunConfig, TrackingConfig, as_dict, fingerprint
+from harness.records import experiments
+from harness.records.backends import sql
+from harness.records.provenance import environment_tags, source_tags
+from harness.records.schema import DatasetInput, NewRun, Recorded, Status, Summary, Tag
+from harness.records.uri import check_uri, resolve_uri
+from harness.records.writer import InlineWriter, TrackingError, Writer
+
+
+class Store:
+    """An MLflow store and one experiment in it; runs are written through a writer, in a
+    forked process where the platform can fork (``background``), else in this one. Only the
+    writer connects to the store, so no database connection crosses a fork. Every call takes
+    a list of runs (a cohort): their writes are batched. ``source`` is the entry point named
+    in the runs' source tags; ``options`` go to the Recorder."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        background: bool = True,
+        source: str = "harness.train",
+        **options,
+    ):
+        self.uri, self.source = uri, source
+        forks = background and "fork" in multiprocessing.get_all_start_methods()
+        self.writer = Writer(uri, **options) if forks else InlineWriter(uri, **options)
+        try:
+            self.experiment_id = self._reply("experiment", ["experiment"], experiment)
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, method: str, handles: list[str], *args):
+        result, errors = self.writer.call(method, handles, *args, reply=True)
+        if errors:
+            raise TrackingError(next(iter(errors.values())))
+        return result
+
+    def start_runs(
+        self,
+        specs: list[RunConfig],
+        names: list[str],
+        params: list[dict[str, str]],
+        tags: list[dict[str, str]],
+        inputs: list[DatasetInput] = (),
+    ) -> list[str]:
+        """Queue the creation of the runs (RUNNING) with their params, tags (besides the
+        fingerprint, versions, commit and source), the dataset ``inputs`` they all saw and
+        their config artifacts; returns the handles that name them in the other calls."""
+        common = {**environment_tags(), **source_tags(self.source)}
+        runs = [
+            NewRun(
+                name,
+                {Tag.FINGERPRINT: fingerprint(spec), **common, **run_tags},
+                run_params,
+                as_dict(spec),
+                list(inputs),
+            )
+            for spec, name, run_params, run_tags in zip(specs, names, params, tags, strict=True)
+        ]
+        handles = [uuid.uuid4().hex for _ in runs]
+        self.writer.call("start", handles, self.experiment_id, runs)
+        return handles
+
+    def log_curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
+        """Queue chunks of curves ``{metric: (steps, values)}``, one per run."""
+        self.writer.call("curves", handles, chunks, seconds_at)
+
+    def finish_runs(self, handles: list[str], results: list) -> list[Recorded]:
+        """Write the end-of-run metrics and tags of the engine's ``results``, and mark the runs
+        FINISHED once everything queued for them is written. The curves come by
+        ``log_curves``."""
+        summaries, tags = [], []
+        for result in results:
+            last_step = result.diverged_step if result.diverged else result.plan.total_steps
+            summary = {Summary.WALL_SECONDS: (result.seconds, last_step)}
+            if result.diverged:
+                summary[Summary.DIVERGED_STEP] = (result.diverged_step, last_step)
+            summaries.append(summary)
+            tags.append(
+                {
+                    Tag.DIVERGED: str(result.diverged).lower(),
+                    Tag.DEVICE: result.device,
+                    Tag.DEVICE_NAME: result.device_name,
+                    Tag.COHORT_SIZE: str(result.cohort_size),
+                }
+            )
+        run_ids, errors = self.writer.call("finish", handles, summaries, tags, reply=True)
+        run_ids = run_ids or [None] * len(handles)
+        return [Recorded(r, errors.get(h)) for h, r in zip(handles, run_ids, strict=True)]
+
+    def fail_runs(self, handles: list[str], error: BaseException) -> None:
+        """Record the error and mark the runs FAILED, or KILLED when interrupted."""
+        status = Status.KILLED if isinstance(error, KeyboardInterrupt) else Status.FAILED
+        text = "".join(traceback.format_exception(error))[-5000:]
+        message = f"{type(error).__name__}: {error}"[:5000]
+        self._reply("fail", handles, status, message, text)
+
+    def close(self) -> None:
+        """Stop the writer process, if any."""
+        self.writer.close()
+
+
+def open_store(
+    cfg: TrackingConfig,
+    background: bool = True,
+    uri: str | None = None,
+    source: str = "harness.train",
+    quiet: bool = False,
+) -> Store:
+    """Resolve and check the URI (``uri``, the sweep's already resolved one, else the
+    config's), then open the store and its experiment (``background``, ``source``: see
+    ``Store``). Unless ``quiet``, says once when runs will go through MLflow's client on a
+    database (see ``backends.sql.unverified_note``). Raises ConfigError when it cannot."""
+    uri = uri or resolve_uri(cfg.uri)
+    check_uri(uri)
+    if not quiet:
+        note = sql.unverified_note(experiments.open_client(uri))
+        if note:
+            print(note, file=sys.stderr)
+    try:
+        return Store(uri, cfg.experiment, background, source)
+    except TrackingError as error:
+        raise ConfigError(
+            "tracking.uri", uri, f"MLflow cannot open it: {str(error).splitlines()[0]}"
+        ) from error

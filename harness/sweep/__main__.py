@@ -1,0 +1,3 @@
+from harness.sweep.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""``python -m harness.sweep [study] [overrides]``: run a study from ``experiments/`` as a
+Hydra multirun through the harness launcher."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from hydra._internal.utils import _run_hydra, get_args_parser
+
+from harness import studies, train
+from harness.config import ConfigError
+from harness.paths import CONFIG_DIR
+from harness.sweep.launch import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m harness.sweep [study] [overrides]``: run a study (default ``lecture``) as a
+    Hydra multirun through the harness launcher; ``--list`` prints the studies.
+    ``force=true`` reruns points already recorded; ``hydra.launcher.n_jobs=N`` sets workers."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--list"]:
+        for name, question in studies.available().items():
+            print(f"{name:16} {question}")
+        return
+    study = args.pop(0) if args and "=" not in args[0] else studies.DEFAULT
+    try:
+        studies.check(study)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    args = [f"hydra.launcher.{a}" if a.startswith("force=") else a for a in args]
+    parser = get_args_parser()
+    parsed = parser.parse_args(["--multirun", f"+experiment={study}", *args])
+    try:
+        _run_hydra(
+            args=parsed,
+            args_parser=parser,
+            task_function=train.run,
+            config_path=str(CONFIG_DIR),
+            config_name="config",
+        )
+    except KeyboardInterrupt:  # while Hydra composes the grid, before the launcher runs
+        print("interrupted while composing the grid: no run was started", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None

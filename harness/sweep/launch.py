@@ -1,0 +1,221 @@
+"""A sweep: every grid point of a Hydra multirun validated up front, resumed by fingerprint,
+trained in batched cohorts on worker processes (one per GPU where there are GPUs) with failures
+isolated, and summed up.
+
+``launch`` (called by the harness launcher with the grid's job overrides) works in five steps:
+
+1. compose (once per combination of config-group choices, see ``harness.compose``) and
+   validate every point (spec, data, optimizer, device, store): a bad value stops the sweep
+   before any run exists, with exit status 2;
+2. open the study's experiment once (creating the database schema before any worker starts),
+   read the runs it holds, and plan: a point whose fingerprint has a FINISHED run is skipped
+   (unless ``force``), a run that a dead process left RUNNING is marked KILLED and its point
+   redone, a point RUNNING in a live process elsewhere is left to it;
+3. group the points to run into cohorts: points that share dataset, model, loss, optimizer
+   rule, schedule type and trainer shape train as one batch (at most ``max_cohort`` runs,
+   split further to fit the memory budget and to give every worker work); a point whose
+   optimizer is a torch.optim pass-through trains alone. Open the sweep's parent run, the
+   same one when an interrupted sweep is run again;
+4. train the cohorts on the workers: each point is still its own MLflow run, with the params,
+   metrics and tags it has when trained alone. A cohort that raises has its points recorded
+   FAILED; a run that diverges is a result like any other; neither stops the sweep;
+5. mark runs of workers that died, close the parent run and print the summary. The exit status
+   is 1 when a run FAILED, 130 when interrupted (Ctrl-C, SIGTERM), else the sweep returns.
+
+Each job still gets its output folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) with its
+config and overrides; Hydra's job callbacks and per-job logging are not run.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig
+
+from harness import compose, devices, executors, pool, records, stopping
+from harness.config import ConfigError
+from harness.progress import Progress
+from harness.records import SECONDS_PREFIX, Status, Tag
+from harness.sweep.cohorts import make_cohorts, plan_slots
+from harness.sweep.planning import plan, sweep_id
+from harness.sweep.points import compose_points
+from harness.sweep.settings import LauncherSettings
+from harness.sweep.summary import Outcome, Timing, counts, parent_params, summary
+from harness.sweep.work import CohortWork
+
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BAD_INPUT = 1, 130, 2
+
+
+def run_cohorts(points, cohorts, executor, work, progress, timing: Timing) -> tuple[dict, bool]:
+    """Train the cohorts through the executor with ``work``; returns the outcomes by position
+    and whether the sweep was interrupted. The workers' time is added to ``timing``."""
+    outcomes: dict[int, Outcome] = {}
+
+    def on_event(kind: str, number: int, payload) -> None:
+        positions = cohorts[number].positions
+        if kind == "done":
+            found = dict(zip(positions, payload.outcomes, strict=True))
+            timing.train += payload.train_seconds
+            timing.track += payload.track_seconds
+        elif kind == "interrupted":
+            found = {p: Outcome("killed", error="interrupted") for p in positions}
+        else:  # lost: the worker or job died
+            found = dict.fromkeys(positions, Outcome("failed", error=payload))
+        for position, found_outcome in found.items():
+            outcomes[position] = found_outcome
+            progress.update(found_outcome.status, points[position].name)
+
+    previous = signal.signal(signal.SIGTERM, stopping.interrupt)
+    try:
+        items = {
+            number: [points[p] for p in cohort.positions] for number, cohort in enumerate(cohorts)
+        }
+        pins = {n: int(c.gpu) for n, c in enumerate(cohorts) if c.gpu is not None}
+        if items:
+            executor.run(work, items, on_event, pins)
+        return outcomes, False
+    except KeyboardInterrupt:
+        return outcomes, True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+
+
+def settle(points, outcomes: dict[int, Outcome], ledger: records.Ledger, known: set, sweep: str):
+    """Make the store and the outcomes agree once every worker or job has ended: a run left
+    RUNNING by a dead process, or by a job of this sweep (``sweep``: its id) that was lost or
+    interrupted (it may have run on another machine), is marked FAILED (KILLED when
+    interrupted), and a point reported killed or lost whose run was in fact written to the end
+    (the signal came as it finished) counts as its run says."""
+    ended = {
+        points[position].fingerprint: outcome
+        for position, outcome in outcomes.items()
+        if outcome.status in ("killed", "failed")
+    }
+    new = [r for r in ledger.grid_runs() if r.run_id not in known]
+    for record in new:
+        if record.status != Status.RUNNING:
+            continue
+        outcome = ended.get(record.fingerprint) if record.sweep == sweep else None
+        if outcome is not None:
+            status = Status.KILLED if outcome.status == "killed" else Status.FAILED
+            ledger.mark(record.run_id, status, outcome.error)
+        elif not pool.is_alive(record.owner):
+            ledger.mark(record.run_id, Status.FAILED, "its worker process died")
+    finished = {r.fingerprint: r for r in new if r.status == Status.FINISHED}
+    for position, outcome in outcomes.items():
+        record = finished.get(points[position].fingerprint)
+        if outcome.status in ("killed", "failed") and record is not None:
+            status = "diverged" if record.diverged else "finished"
+            outcomes[position] = Outcome(status, record.run_id, seconds=outcome.seconds)
+
+
+def prepare(
+    job_overrides,
+    initial_job_idx,
+    root: DictConfig,
+    hydra_context,
+    settings: LauncherSettings,
+    timing: Timing,
+):
+    """Check the settings, compose and validate the grid and open its experiment; returns the
+    points and the ledger; raises ConfigError."""
+    executors.check(settings)
+    composer = compose.Composer(hydra_context.config_loader, root)
+    points = compose_points(job_overrides, initial_job_idx, composer, timing)
+    target = points[0].spec.tracking
+    uri = records.resolve_uri(target.uri)
+    records.check_uri(uri)
+    executors.check_store(settings.executor, settings.slurm, settings.ray, uri)
+    return points, records.Ledger(uri, target.experiment)
+
+
+def launch(
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    root: DictConfig,
+    hydra_context,
+    settings: LauncherSettings,
+) -> list[JobReturn]:
+    """Run the grid; see the module's docstring. Exits through SystemExit unless all went well."""
+    started = time.monotonic()
+    timing = Timing(startup=pool.process_age())
+    pool.start_server(["harness.train"])  # gets ready while the grid is composed
+    try:
+        points, ledger = prepare(
+            job_overrides, initial_job_idx, root, hydra_context, settings, timing
+        )
+        kind, slurm, ray = settings.executor, settings.slurm, settings.ray
+        recorded = ledger.grid_runs()
+        plan_ = plan(points, recorded, settings.force, pool.is_alive)
+        for record in plan_.stale:
+            why = "left RUNNING by a process that died; redone"
+            ledger.mark(record.run_id, Status.KILLED, why)
+        study = root.hydra.runtime.choices.get("experiment") or points[0].spec.tracking.experiment
+        identity = sweep_id(points, settings.force)
+        slots = plan_slots(points, devices.gpu_ids(), settings.n_jobs)
+        at_once = executors.parallel_cohorts(kind, slots.count)
+        cohorts = make_cohorts(points, plan_.todo, settings.max_cohort, at_once)
+        folder = Path(str(root.hydra.sweep.dir)).absolute() / ".submitit"
+        executor = cohorts and executors.build(kind, slots, slurm, ray, folder)
+        name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, settings)
+        parent = ledger.open_sweep(identity, name, params, {Tag.STUDY: study})
+        timing.prepare = time.monotonic() - started - timing.compose - timing.validate
+    except ConfigError as error:
+        notes = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
+        print(f"error: {error}{notes}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        print("interrupted while preparing the sweep: no run was started", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    where = executors.describe(kind, slots, slurm, ray)
+    print(
+        f"sweep {study!r}: {len(points)} points, {len(plan_.skipped)} skipped "
+        f"(already recorded or duplicates), {len(plan_.todo)} to run in {len(cohorts)} "
+        f"cohort(s) on {where}; store {ledger.uri}, experiment "
+        f"{points[0].spec.tracking.experiment!r}, parent run {parent}",
+        flush=True,
+    )
+    tags = {Tag.PARENT: parent, Tag.SWEEP_ID: identity}
+    local = kind == "local"
+    work = CohortWork(
+        ledger.uri,
+        tags,
+        executors.threads(kind, slots.count, slurm, ray),
+        settings.memory_fraction,
+        slots.count if local else 1,
+        root.hydra.output_subdir,
+        background=kind != "ray",
+    )
+    outcomes, interrupted = run_cohorts(
+        points, cohorts, executor, work, Progress(len(plan_.todo)), timing
+    )
+    outcomes.update(plan_.skipped)
+
+    settle(points, outcomes, ledger, {r.run_id for r in recorded}, identity)
+    failed = any(o.status == "failed" for o in outcomes.values())
+    status = Status.KILLED if interrupted else Status.FAILED if failed else Status.FINISHED
+    title = (
+        f"Sweep {identity} of study {study!r} ({status.lower()}): {len(points)} points in "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    timing.total = time.monotonic() - started + timing.startup
+    table = summary(title, points, outcomes) + "\n\n" + timing.line()
+    tallies = counts(list(outcomes.values()), len(points))
+    ledger.close_sweep(
+        parent, status, tallies, {f"{SECONDS_PREFIX}{k}": v for k, v in vars(timing).items()}, table
+    )
+    print(table, flush=True)
+    if interrupted:
+        raise SystemExit(EXIT_INTERRUPTED)
+    if failed:
+        raise SystemExit(EXIT_FAILED)
+    return [
+        JobReturn(overrides=list(p.overrides), status=JobStatus.COMPLETED, _return_value=o)
+        for p, o in zip(points, (outcomes[i] for i in range(len(points))), strict=True)
+    ]

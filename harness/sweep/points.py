@@ -1,0 +1,118 @@
+"""A sweep's grid points: each job of the multirun composed (once per combination of config
+groups, see ``harness.compose``), validated (spec, data, optimizer, device) and named."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness import compose, config, devices, optim, train
+from harness import problem as problem_module
+from harness.config import ConfigError, RunConfig
+from harness.problem import Problem
+from harness.sweep.summary import Timing
+
+
+@dataclass
+class Point:
+    """One grid point: its Hydra job number and overrides, its composed config (without the
+    ``hydra`` node, unresolved, as YAML), its job's output folder and its validated spec."""
+
+    index: int
+    overrides: tuple[str, ...]
+    config_yaml: str
+    job_dir: Path
+    spec: RunConfig
+    fingerprint: str
+    name: str
+
+
+def varying_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
+    """The override keys whose values differ between jobs: the grid's axes."""
+    values: dict[str, set[str]] = {}
+    for overrides in job_overrides:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    return {key for key, seen in values.items() if len(seen) > 1}
+
+
+def point_name(spec: RunConfig, overrides: Sequence[str], axes: set[str]) -> str:
+    """``run_name`` if set, else the job's values on the grid's axes (``optimizer=sgd seed=1``),
+    else the usual optimizer-model-dataset-lr-seed name."""
+    if spec.run_name:
+        return spec.run_name
+    picks = [o for o in overrides if o.partition("=")[0] in axes]
+    return " ".join(picks) or train.run_name(spec)
+
+
+class Checker:
+    """Validates points, loading each distinct problem's data once."""
+
+    def __init__(self):
+        self.problems: dict[str, Problem] = {}
+        self.devices: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def problem_key(spec: RunConfig) -> str:
+        """The identity of the point's problem: its dataset, model and loss configs."""
+        tree = config.as_dict(spec)
+        parts = {k: tree[k] for k in ("dataset", "model", "loss")}
+        return json.dumps(parts, sort_keys=True, default=str)
+
+    def check(self, spec: RunConfig) -> None:
+        key = self.problem_key(spec)
+        if key not in self.problems:
+            self.problems[key] = problem_module.build(spec)
+        else:  # the data fits; the batch size and budget may not
+            problem_module.build(spec, self.problems[key].data)
+        optim.build(spec.optimizer)
+        device = (spec.trainer.device, spec.trainer.dtype)
+        if device not in self.devices:
+            devices.resolve(*device)
+            self.devices.add(device)
+
+
+def compose_points(
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    composer: compose.Composer,
+    timing: Timing,
+) -> list[Point]:
+    """Compose and validate every job; raises ConfigError naming the first bad point."""
+    checker, points, axes = Checker(), [], varying_keys(job_overrides)
+    started = time.perf_counter()
+    jobs = composer.jobs(job_overrides, initial_job_idx)
+    job_dirs = [composer.job_dir(job).absolute() for job in jobs]  # the same on every node
+    timing.compose = time.perf_counter() - started
+    for job, job_dir in zip(jobs, job_dirs, strict=True):
+        try:
+            spec = config.to_spec(job.task)
+            checker.check(spec)
+        except ConfigError as error:
+            error.add_note(f"in grid point #{job.index}: {' '.join(job.overrides)}")
+            raise
+        name = point_name(spec, job.overrides, axes)
+        points.append(
+            Point(
+                job.index,
+                tuple(job.overrides),
+                config.yaml_text(OmegaConf.to_container(job.task)),
+                job_dir,
+                spec,
+                config.fingerprint(spec),
+                name,
+            )
+        )
+    timing.validate = time.perf_counter() - started - timing.compose
+    targets = {(p.spec.tracking.uri, p.spec.tracking.experiment) for p in points}
+    if len(targets) > 1:
+        raise ConfigError(
+            "tracking.experiment", sorted(map(str, targets)), "a sweep writes to one experiment"
+        )
+    return points
