@@ -12,7 +12,8 @@ KeyboardInterrupt, after stopping what still runs, when the sweep is interrupted
 
 A cluster job trains its cohort and writes its runs to the tracking store itself, as a local
 worker does; a job that is killed records its runs KILLED when it can (SIGTERM, Ray's cancel),
-and the sweep marks the runs of a job that died without a word (see ``sweep.settle``).
+and the sweep marks the runs of a job that died without a word (see
+``harness.sweep.launch.settle``).
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 def run_cohort(work, points: list) -> Any:
-    """A cluster job's body: train one cohort with ``work`` (a ``sweep.CohortWork``) and return
-    its report. SIGTERM (scancel, the time limit, preemption), SIGUSR2 (submitit's warning
-    before the time limit, which would otherwise requeue a preempted job and so run finished
-    points again) and SIGINT (Ray's cancel) stop training and record the runs KILLED, then the
-    job fails. The signal handlers are restored at the end (Ray reuses its workers)."""
+    """A cluster job's body: train one cohort with ``work`` (a
+    ``harness.sweep.work.CohortWork``) and return its report. SIGTERM (scancel, the time
+    limit, preemption), SIGUSR2 (submitit's warning before the time limit, which would
+    otherwise requeue a preempted job and so run finished points again) and SIGINT (Ray's
+    cancel) stop training and record the runs KILLED, then the job fails. The signal handlers
+    are restored at the end (Ray reuses its workers)."""
     previous = {signum: signal.signal(signum, stopping.interrupt_once) for signum in JOB_SIGNALS}
     try:
         return work.run(points)

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.records import Status, Tag
+
 SELECTION_GROUPS = ("problem", "optimizer.name", "schedule.name")
 LEARNING_RATE = "optimizer.lr"
 
@@ -86,7 +88,7 @@ def selection_finals(frame: pd.DataFrame) -> pd.DataFrame:
 
 def selection_score(finals: pd.DataFrame) -> pd.Series:
     """The final loss of each run, +inf for a run that diverged, failed or has no value."""
-    failed = finals["diverged"] | finals["status"].ne("FINISHED") | finals["final"].isna()
+    failed = finals[Tag.DIVERGED] | finals["status"].ne(Status.FINISHED) | finals["final"].isna()
     return finals["final"].where(~failed, np.inf)
 
 

@@ -18,7 +18,7 @@ import json
 import pandas as pd
 
 from harness import records
-from harness.records import Status, Summary, Tag
+from harness.records import TRUE, Status, Summary, Tag
 
 
 def typed(values: pd.Series) -> pd.Series:
@@ -63,7 +63,7 @@ def run_table(tables: records.ExperimentTables) -> pd.DataFrame:
     grid_points = runs[Tag.ROLE].isna() & runs[Tag.FINGERPRINT].notna()  # is_grid_point
     runs = runs[grid_points].drop(columns=Tag.ROLE)
     runs = latest_per_point(runs.reset_index()).set_index("run_id")
-    runs[Tag.DIVERGED] = runs[Tag.DIVERGED].eq("true")
+    runs[Tag.DIVERGED] = runs[Tag.DIVERGED].eq(TRUE)
     params = tables.params[tables.params["run_id"].isin(runs.index)]
     config = params.pivot(index="run_id", columns="key", values="value").apply(typed)
     config = config.drop(columns=[c for c in config.columns if c in runs.columns])  # run_name

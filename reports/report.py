@@ -117,7 +117,7 @@ def build(uri: str | None, study: str, out: Path, center: str = "median") -> Pat
     an unknown study or one without finished runs."""
     uri = records.resolve_uri(uri)
     frame = collect(uri, study)
-    finished = frame[frame["status"].eq("FINISHED")]
+    finished = frame[frame["status"].eq(records.Status.FINISHED)]
     if finished.empty:
         raise ConfigError("study", study, "has no finished runs yet: run `make sweep` first")
     drawn = []

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.records import Status, Summary, Tag
 from reports import aggregate
 
 TARGET_FACTOR = 1.1
@@ -67,10 +68,11 @@ def comparison(frame: pd.DataFrame) -> pd.DataFrame:
         for metric in LOSSES:
             if metric in part.columns:
                 row[f"final {metric}"] = median_iqr(aggregate.final_values(part, metric)["final"])
-        row["wall s"] = median_iqr(part.drop_duplicates("run_id")["wall_seconds"])
+        row["wall s"] = median_iqr(part.drop_duplicates("run_id")[Summary.WALL_SECONDS])
         row["target"] = target
         row["steps to target"] = steps_to_target(part, target)
-        row["diverged"] = float((all_runs["diverged"] | all_runs["status"].ne("FINISHED")).mean())
+        ended_badly = all_runs[Tag.DIVERGED] | all_runs["status"].ne(Status.FINISHED)
+        row["diverged"] = float(ended_badly.mean())
         row["global min"] = gabor_global_share(part)
         rows.append(row)
     table = pd.DataFrame(rows)

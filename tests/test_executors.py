@@ -27,6 +27,7 @@ def check(executor: str, slurm: dict, ray: dict) -> None:
     """The launcher's settings with these values, parsed and checked as a sweep checks them."""
     executors.check(parse({"executor": executor, "slurm": slurm, "ray": ray}))
 
+
 ENGINES = {
     "slurm": [  # the SLURM settings are checked by submitit, then ignored by its local cluster
         "hydra/launcher=slurm",

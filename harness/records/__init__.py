@@ -19,6 +19,7 @@ from harness.records.experiments import listing
 from harness.records.ledger import Ledger
 from harness.records.schema import (
     SECONDS_PREFIX,
+    TRUE,
     DatasetInput,
     ExperimentTables,
     Recorded,
@@ -38,6 +39,7 @@ from harness.records.writer import TrackingError
 
 __all__ = [
     "SECONDS_PREFIX",
+    "TRUE",
     "DatasetInput",
     "ExperimentTables",
     "Ledger",

@@ -10,21 +10,24 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.config import ConfigError
-from harness.records.schema import Status, Tag
-from harness.records.uri import artifact_location, is_server
-
-# MLflow's experiment tag that picks the web app's view: model training, not GenAI.
-KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+from harness.records.schema import KIND_TAG, KIND_TRAINING, Status, Tag
+from harness.records.uri import artifact_location, is_database
 
 
 def connect(uri: str) -> MlflowClient:
     """MLflow's client of the store at ``uri``, after refusing a database the installed MLflow
     cannot open (ConfigError: see ``backends.sql.check_schema``)."""
-    if not is_server(uri):
+    if is_database(uri):
         from harness.records.backends import sql
 
         sql.check_schema(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def cannot_open(uri: str, error: BaseException) -> ConfigError:
+    """MLflow's failure to open or write the store at ``uri``, as one line."""
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ConfigError("tracking.uri", uri, f"MLflow cannot open it: {first_line}")
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -35,8 +38,7 @@ def open_client(uri: str) -> MlflowClient:
     except ConfigError:
         raise
     except Exception as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError("tracking.uri", uri, f"MLflow cannot open it: {first_line}") from error
+        raise cannot_open(uri, error) from error
     return client
 
 

@@ -19,6 +19,7 @@ from harness.records.schema import (
     Tag,
     is_grid_point,
 )
+from harness.records.uri import is_database
 
 
 class Ledger:
@@ -29,8 +30,11 @@ class Ledger:
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
         self.client = experiments.open_client(uri)
-        self.experiment_id = experiments.experiment_id(self.client, experiment)
-        note = sql.unverified_note(self.client)
+        try:
+            self.experiment_id = experiments.experiment_id(self.client, experiment)
+        except Exception as error:  # a read-only store, a deleted experiment, ...
+            raise experiments.cannot_open(uri, error) from error
+        note = sql.unverified_note() if is_database(uri) else None
         if note:
             print(note, file=sys.stderr)
 

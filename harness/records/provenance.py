@@ -9,7 +9,7 @@ import platform
 import subprocess
 
 from harness.paths import project_root
-from harness.records.schema import Tag
+from harness.records.schema import LOCAL_SOURCE, Tag
 
 
 @functools.cache
@@ -50,14 +50,14 @@ def environment_tags() -> dict[str, str]:
         "mlflow_version": mlflow.__version__,
         "hydra_version": hydra.__version__,
         "python_version": platform.python_version(),
-        "git_commit": git_commit(),
+        Tag.GIT_COMMIT: git_commit(),
     }
 
 
 def source_tags(entry_point: str) -> dict[str, str]:
     """MLflow's source tags for runs written by ``entry_point`` (``harness.train``,
     ``harness.sweep``, ``reports``): a local program, the user, and the commit when known."""
-    tags = {Tag.SOURCE_NAME: entry_point, Tag.SOURCE_TYPE: "LOCAL", Tag.USER: user()}
+    tags = {Tag.SOURCE_NAME: entry_point, Tag.SOURCE_TYPE: LOCAL_SOURCE, Tag.USER: user()}
     if git_commit() != "unknown":
         tags[Tag.SOURCE_COMMIT] = git_commit()
     return tags

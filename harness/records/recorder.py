@@ -7,13 +7,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
 from harness.config import yaml_text
 from harness.records import experiments
-from harness.records.backends import sql
+from harness.records.backends import CreatedRun, NewRun, Series, Writes, sql
 from harness.records.backends.client import ClientWrites, in_threads
-from harness.records.schema import CreatedRun, NewRun, Series, Status, Tag, Writes
+from harness.records.schema import Status, Tag
 
 FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
 
@@ -58,8 +56,7 @@ class Recorder:
                 path = Path(folder) / run.run_id / "config.yaml"
                 path.parent.mkdir()
                 path.write_text(yaml_text(new.config))
-                repository = get_artifact_repository(run.artifact_uri, self.client.tracking_uri)
-                repository.log_artifact(str(path))
+                sql.upload_artifact(str(path), run.artifact_uri, self.client.tracking_uri)
 
             in_threads(upload, list(zip(new_runs, created, strict=True)))
 

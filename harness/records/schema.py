@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from harness.config import RunConfig, as_dict, flatten
@@ -33,6 +33,7 @@ class Tag:
     STUDY = "study"  # on a sweep's parent run
     ERROR = "error"  # why a run FAILED or was KILLED
     SPLIT_DIGEST = "split_digest"  # the data split (see harness.data)
+    GIT_COMMIT = "git_commit"  # and the versions: harness_version, torch_version, ...
     DEVICE = "device"
     DEVICE_NAME = "device_name"
     COHORT_SIZE = "cohort_size"  # runs trained in the same batch
@@ -44,6 +45,15 @@ class Tag:
     SOURCE_NAME = "mlflow.source.name"
     SOURCE_TYPE = "mlflow.source.type"
     SOURCE_COMMIT = "mlflow.source.git.commit"
+
+
+# Tag values: flags, and MLflow's source type of a program run on this machine.
+TRUE, FALSE = "true", "false"
+LOCAL_SOURCE = "LOCAL"
+# The experiment tag MLflow reads as the kind of experiment, and its model-training value.
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# A dataset's source type: a data set the code makes or loads (its config is the source).
+CODE_SOURCE = "code"
 
 
 class Role:
@@ -77,8 +87,8 @@ OUTCOME_PREFIX, SECONDS_PREFIX = "runs_", "seconds_"
 # The tag of a dataset input that names its use: the split (train, val, test).
 DATASET_CONTEXT = "mlflow.data.context"
 
-# MLflow's limits: metrics per log_batch call; params plus tags per call.
-BATCH_LIMIT, PARAM_TAG_LIMIT = 1000, 100
+# MLflow's limit on params plus tags in one log_batch call.
+PARAM_TAG_LIMIT = 100
 
 
 def is_grid_point(tags: Mapping[str, str]) -> bool:
@@ -124,7 +134,7 @@ def dataset_inputs(
         DatasetInput(
             name,
             hashlib.sha256(f"{split_digest}/{split}".encode()).hexdigest()[:16],
-            "code",
+            CODE_SOURCE,
             text,
             json.dumps({"num_rows": rows}),
             split,
@@ -132,39 +142,6 @@ def dataset_inputs(
         for split, rows in sizes.items()
         if rows > 0
     ]
-
-
-@dataclass
-class NewRun:
-    """A run to create: its name, tags, params (strings), resolved config (the artifact) and
-    dataset inputs."""
-
-    name: str
-    tags: dict[str, str]
-    params: dict[str, str]
-    config: dict
-    inputs: list[DatasetInput] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class CreatedRun:
-    run_id: str
-    start_ms: int
-    artifact_uri: str
-
-
-# A stretch of one metric's curve: (key, steps, values, timestamps in ms), lists of equal length
-Series = tuple[str, list[int], list[float], list[int]]
-
-
-@dataclass
-class Writes:
-    """One batch of writes, by MLflow run id: metrics and tags to add, and the runs to end
-    (status, end time in ms)."""
-
-    metrics: dict[str, list[Series]] = field(default_factory=dict)
-    tags: dict[str, dict[str, str]] = field(default_factory=dict)
-    ended: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,7 +171,7 @@ class RunRecord:
             tags.get(Tag.FINGERPRINT, ""),
             status,
             tags.get(Tag.OWNER, ""),
-            tags.get(Tag.DIVERGED) == "true",
+            tags.get(Tag.DIVERGED) == TRUE,
             tags.get(Tag.SWEEP_ID, ""),
         )
 

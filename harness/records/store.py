@@ -7,13 +7,14 @@ import multiprocessing
 import sys
 import traceback
 import uuid
+from collections.abc import Sequence
 
-from harness.config import ConfigError, RunConfig, TrackingConfig, as_dict, fingerprint
+from harness.config import RunConfig, TrackingConfig, as_dict, fingerprint
 from harness.records import experiments
-from harness.records.backends import sql
+from harness.records.backends import NewRun, sql
 from harness.records.provenance import environment_tags, source_tags
-from harness.records.schema import DatasetInput, NewRun, Recorded, Status, Summary, Tag
-from harness.records.uri import check_uri, resolve_uri
+from harness.records.schema import FALSE, TRUE, DatasetInput, Recorded, Status, Summary, Tag
+from harness.records.uri import check_uri, is_database, resolve_uri
 from harness.records.writer import InlineWriter, TrackingError, Writer
 
 
@@ -53,7 +54,7 @@ class Store:
         names: list[str],
         params: list[dict[str, str]],
         tags: list[dict[str, str]],
-        inputs: list[DatasetInput] = (),
+        inputs: Sequence[DatasetInput] = (),
     ) -> list[str]:
         """Queue the creation of the runs (RUNNING) with their params, tags (besides the
         fingerprint, versions, commit and source), the dataset ``inputs`` they all saw and
@@ -90,7 +91,7 @@ class Store:
             summaries.append(summary)
             tags.append(
                 {
-                    Tag.DIVERGED: str(result.diverged).lower(),
+                    Tag.DIVERGED: TRUE if result.diverged else FALSE,
                     Tag.DEVICE: result.device,
                     Tag.DEVICE_NAME: result.device_name,
                     Tag.COHORT_SIZE: str(result.cohort_size),
@@ -125,13 +126,12 @@ def open_store(
     database (see ``backends.sql.unverified_note``). Raises ConfigError when it cannot."""
     uri = uri or resolve_uri(cfg.uri)
     check_uri(uri)
-    if not quiet:
-        note = sql.unverified_note(experiments.open_client(uri))
-        if note:
+    if is_database(uri):  # with a connection of its own: none may cross the writer's fork
+        sql.check_schema(uri)
+        note = sql.unverified_note()
+        if note and not quiet:
             print(note, file=sys.stderr)
     try:
         return Store(uri, cfg.experiment, background, source)
     except TrackingError as error:
-        raise ConfigError(
-            "tracking.uri", uri, f"MLflow cannot open it: {str(error).splitlines()[0]}"
-        ) from error
+        raise experiments.cannot_open(uri, error) from error

@@ -35,7 +35,7 @@ def log_report(uri: str, experiment: str, folder: Path) -> str:
     client = experiments.open_client(uri)
     experiment_id = experiments.experiment_id(client, experiment)
     run_id, _ = experiments.reopen_or_create(
-        client, experiment_id, Role.REPORT, "", "report", source_tags("reports")
+        client, experiment_id, Role.REPORT, "", Role.REPORT, source_tags("reports")
     )
     client.log_artifacts(run_id, str(folder), "report")
     client.set_terminated(run_id, Status.FINISHED)

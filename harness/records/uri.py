@@ -26,6 +26,15 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def is_database(uri: str) -> bool:
+    """Whether ``uri`` names a database MLflow's SQL store opens (its scheme, before any
+    ``+driver``, is one of ``DATABASES``)."""
+    return uri.split(":", 1)[0].split("+", 1)[0] in DATABASES
+
+
 def is_server(uri: str) -> bool:
     """Whether ``uri`` names an MLflow server (reached over HTTP) rather than a database."""
     return uri.split(":", 1)[0] in ("http", "https")

@@ -9,8 +9,7 @@ import os
 import queue
 import signal
 
-from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
+from harness.records.backends import sql
 from harness.records.recorder import Recorder
 from harness.records.schema import Status
 
@@ -40,8 +39,7 @@ def _serve(uri: str, inbox, outbox, parent: int, options: dict) -> None:
     end: SLURM signals every process of the job); the writer ends when its parent does."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
-    # Forget stores inherited from the parent: their sqlite connections must not be shared.
-    _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    sql.forget_inherited_stores()
     calls = _Calls(uri, options)
     for method, handles, args, reply in _messages(inbox, parent):
         answer = calls.call(method, handles, args, reply)

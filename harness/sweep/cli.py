@@ -1,5 +1,8 @@
 """``python -m harness.sweep [study] [overrides]``: run a study from ``experiments/`` as a
-Hydra multirun through the harness launcher."""
+Hydra multirun through the harness launcher: Hydra's own entry (``_run_hydra``, what
+``@hydra.main`` calls) with the arguments given, so ``sys.argv`` is left alone; the task is
+``harness.train.run``, which the harness launcher does not call (it trains the points
+itself) but any other launcher (``hydra/launcher=basic``) calls per job."""
 
 from __future__ import annotations
 

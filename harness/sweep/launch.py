@@ -41,9 +41,9 @@ from harness import compose, devices, executors, pool, records, stopping
 from harness.config import ConfigError
 from harness.progress import Progress
 from harness.records import SECONDS_PREFIX, Status, Tag
-from harness.sweep.cohorts import make_cohorts, plan_slots
+from harness.sweep.cohorts import Cohort, make_cohorts, plan_slots
 from harness.sweep.planning import plan, sweep_id
-from harness.sweep.points import compose_points
+from harness.sweep.points import Point, compose_points
 from harness.sweep.settings import LauncherSettings
 from harness.sweep.summary import Outcome, Timing, counts, parent_params, summary
 from harness.sweep.work import CohortWork
@@ -51,7 +51,14 @@ from harness.sweep.work import CohortWork
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BAD_INPUT = 1, 130, 2
 
 
-def run_cohorts(points, cohorts, executor, work, progress, timing: Timing) -> tuple[dict, bool]:
+def run_cohorts(
+    points: Sequence[Point],
+    cohorts: Sequence[Cohort],
+    executor,
+    work: CohortWork,
+    progress: Progress,
+    timing: Timing,
+) -> tuple[dict[int, Outcome], bool]:
     """Train the cohorts through the executor with ``work``; returns the outcomes by position
     and whether the sweep was interrupted. The workers' time is added to ``timing``."""
     outcomes: dict[int, Outcome] = {}
@@ -86,7 +93,13 @@ def run_cohorts(points, cohorts, executor, work, progress, timing: Timing) -> tu
         progress.close()
 
 
-def settle(points, outcomes: dict[int, Outcome], ledger: records.Ledger, known: set, sweep: str):
+def settle(
+    points: Sequence[Point],
+    outcomes: dict[int, Outcome],
+    ledger: records.Ledger,
+    known: set[str],
+    sweep: str,
+) -> None:
     """Make the store and the outcomes agree once every worker or job has ended: a run left
     RUNNING by a dead process, or by a job of this sweep (``sweep``: its id) that was lost or
     interrupted (it may have run on another machine), is marked FAILED (KILLED when
@@ -116,13 +129,13 @@ def settle(points, outcomes: dict[int, Outcome], ledger: records.Ledger, known: 
 
 
 def prepare(
-    job_overrides,
-    initial_job_idx,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
     root: DictConfig,
     hydra_context,
     settings: LauncherSettings,
     timing: Timing,
-):
+) -> tuple[list[Point], records.Ledger]:
     """Check the settings, compose and validate the grid and open its experiment; returns the
     points and the ledger; raises ConfigError."""
     executors.check(settings)

@@ -1,28 +1,29 @@
 """Writes and reads through MLflow's client: the path for an MLflow server (and for database
 stores whose schema the direct writes were not verified on). Each call waits on a request, so
-runs are written several at a time, and a server's "busy" answer is asked again."""
+runs are written several at a time, and a server's "busy" answer is asked again.
+
+Reading a server's metric histories uses the bulk endpoint MLflow's own web app reads
+(``HISTORY_ENDPOINT``, through MLflow's REST helpers), not a public client call: the cluster
+tests (``tests/test_server.py``) hold what it returns against the same study read from
+sqlite, cut answers included."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
-from mlflow.entities import Dataset, InputTag, Metric, Param, RunTag
-from mlflow.entities import DatasetInput as MlflowDatasetInput
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 from harness.records import experiments
-from harness.records.schema import (
-    DATASET_CONTEXT,
-    CreatedRun,
-    DatasetInput,
-    ExperimentTables,
-    NewRun,
-    Writes,
-)
+from harness.records.backends import CreatedRun, NewRun, Writes
+from harness.records.backends.sql import dataset_input_entity
+from harness.records.schema import ExperimentTables
 
 CLIENT_THREADS = 4  # runs written at once through MLflow's client
 # A server's answer that means "busy, ask again": its database connection pool ran out (MLflow
@@ -32,9 +33,10 @@ RETRIES = 7
 HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
 HISTORY_LIMIT = 25_000  # points in one answer of that endpoint, at most
 HISTORY_RUNS = 100  # and runs in one request
+T = TypeVar("T")
 
 
-def retrying(call, *args, **kwargs):
+def retrying(call: Callable[..., T], *args, **kwargs) -> T:
     """``call(*args, **kwargs)``, asked again while the server answers that it is busy
     (``TRANSIENT``: the request failed before its transaction began, so nothing is written
     twice); any other error is raised at once."""
@@ -57,14 +59,6 @@ def in_threads(function, items: list) -> list:
         return list(threads.map(function, items))
 
 
-def _dataset_input(entry: DatasetInput) -> MlflowDatasetInput:
-    """MLflow's dataset input entity for ``entry``, as ``log_inputs`` takes it."""
-    dataset = Dataset(
-        entry.name, entry.digest, entry.source_type, entry.source, profile=entry.profile
-    )
-    return MlflowDatasetInput(dataset, [InputTag(DATASET_CONTEXT, entry.context)])
-
-
 class ClientWrites:
     """Creates and writes runs through MLflow's client: per run ``create_run``, ``log_batch``
     (which splits to MLflow's limits), ``log_inputs`` and ``set_terminated``, for
@@ -80,7 +74,7 @@ class ClientWrites:
             params = [Param(k, v) for k, v in new.params.items()]
             retrying(client.log_batch, run.info.run_id, params=params)
             if new.inputs:
-                datasets = [_dataset_input(entry) for entry in new.inputs]
+                datasets = [dataset_input_entity(entry) for entry in new.inputs]
                 retrying(client.log_inputs, run.info.run_id, datasets=datasets)
             return CreatedRun(run.info.run_id, run.info.start_time, run.info.artifact_uri)
 

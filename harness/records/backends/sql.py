@@ -1,6 +1,8 @@
 """Direct writes and bulk reads on the tables of MLflow's database store (sqlite, PostgreSQL,
-MySQL): the harness's only use of MLflow's internals (``mlflow.store.*``: its table models,
-its store class, its schema migrations).
+MySQL): the harness's only use of MLflow's internals (``mlflow.store.*`` and private names:
+its table models, its store classes, its schema migrations, its metric validation, the
+artifact repository that takes a run's artifact URI as it is, and the cache of store
+objects, whose database connections a forked writer must not share).
 
 Verified on MLflow 3.17.2 (schema revision dc11669786a5) and 3.18.0 (f4a9b2c7d1e6; its three
 new revisions add tables of their own and change none of these): ``tests/test_records_sql.py``
@@ -14,40 +16,31 @@ a store newer than the installed MLflow is refused before anything is written
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import mlflow
+from mlflow.entities import Dataset, InputTag
+from mlflow.entities import DatasetInput as MlflowDatasetInput
 from mlflow.exceptions import MlflowException
-from mlflow.store.db.utils import _get_alembic_config
-from mlflow.store.tracking.dbmodels.models import (
-    SqlDataset,
-    SqlInput,
-    SqlInputTag,
-    SqlLatestMetric,
-    SqlMetric,
-    SqlParam,
-    SqlRun,
-    SqlTag,
-)
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.tracking import MlflowClient
 from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import _validate_metric
+from mlflow.utils.validation import _validate_dataset_inputs, _validate_metric
 
 from harness.config import ConfigError
-from harness.records.schema import (
-    DATASET_CONTEXT,
-    CreatedRun,
-    ExperimentTables,
-    NewRun,
-    Series,
-    Status,
-    Tag,
-    Writes,
-)
+from harness.records.backends import CreatedRun, NewRun, Series, Writes
+from harness.records.schema import DATASET_CONTEXT, DatasetInput, ExperimentTables, Status, Tag
+
+if TYPE_CHECKING:  # MLflow's store modules take half a second to import: where they are used
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 # The schema revisions these writes were verified on, and the MLflow release that made each.
 VERIFIED = {"dc11669786a5": "3.17.2", "f4a9b2c7d1e6": "3.18.0"}
+REVISION = re.compile(r"""^revision\s*=\s*["']([0-9a-f]+)["']""", re.MULTILINE)
 SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
 ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
 RUN_COLUMNS = (
@@ -70,23 +63,71 @@ METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
 PAIR_COLUMNS = ("run_uuid", "key", "value")
 
 
-def database_store(client) -> SqlAlchemyStore | None:
+def forget_inherited_stores() -> None:
+    """Drop the store objects and database engines this process inherited by fork: their
+    connections belong to the parent (``close=False`` leaves them open for it)."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    stores = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if stores is None:  # never imported: no engine to drop
+        return
+    with stores.SqlAlchemyStore._engine_map_lock:
+        for engine in stores.SqlAlchemyStore._engine_map.values():
+            engine.dispose(close=False)
+        stores.SqlAlchemyStore._engine_map.clear()
+
+
+def upload_artifact(path: str, artifact_uri: str, tracking_uri: str) -> None:
+    """Log the file at ``path`` into a run's ``artifact_uri``, with no lookup of the run."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(artifact_uri, tracking_uri).log_artifact(path)
+
+
+def database_store(client: MlflowClient) -> SqlAlchemyStore | None:
     """The client's store when it is a database, else None (an MLflow server)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     store = client._tracking_client.store
     return store if isinstance(store, SqlAlchemyStore) else None
 
 
-def schema_revision(store: SqlAlchemyStore) -> str | None:
-    """The store's schema revision (alembic's), None for an empty database."""
-    from alembic.runtime.migration import MigrationContext
+def known_revisions() -> set[str]:
+    """The schema revisions of the installed MLflow's migrations: the ``revision = "..."``
+    line of each file of its ``store/db_migrations/versions`` (read as text; importing them
+    takes half a second)."""
+    folder = Path(mlflow.__file__).parent / "store" / "db_migrations" / "versions"
+    texts = (path.read_text() for path in folder.glob("*.py"))
+    return {found[1] for text in texts if (found := REVISION.search(text))}
 
-    with store.engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+
+def _revision(engine) -> str | None:
+    """The revision in the database's ``alembic_version`` table (as alembic reads it)."""
+    import sqlalchemy
+
+    with engine.connect() as connection:
+        if not sqlalchemy.inspect(connection).has_table("alembic_version"):
+            return None
+        query = sqlalchemy.text("select version_num from alembic_version")
+        return connection.execute(query).scalar()
+
+
+def revision_at(uri: str) -> str | None:
+    """The schema revision (alembic's) of the database at ``uri``, None for an empty one,
+    read on a connection of its own (MLflow's stores are left unopened)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        return _revision(engine)
+    finally:
+        engine.dispose()
 
 
 def bulk_verified(store: SqlAlchemyStore) -> bool:
     """Whether the direct writes were verified on the store's schema."""
-    return schema_revision(store) in VERIFIED
+    return _revision(store.engine) in VERIFIED
 
 
 def check_schema(uri: str) -> None:
@@ -94,26 +135,15 @@ def check_schema(uri: str) -> None:
     the installed MLflow does not know), naming both versions, before MLflow's own check
     calls it "out-of-date". Older stores are MLflow's to upgrade or refuse (it upgrades one
     that lacks a table it needs, and asks for ``mlflow db upgrade`` otherwise)."""
-    import mlflow
-    import sqlalchemy
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    engine = sqlalchemy.create_engine(uri)
-    try:
-        with engine.connect() as connection:
-            found = MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
-    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-    if found is None or found in {revision.revision for revision in script.walk_revisions()}:
+    found = revision_at(uri)
+    if found is None or found in known_revisions():
         return
     installed = mlflow.__version__
     maker = f"MLflow {VERIFIED[found]}" if found in VERIFIED else "an MLflow newer than that"
     allowed = (
-        f"a store the installed MLflow {installed} can open; this one was written by {maker} "
-        f"(schema {found}): install that MLflow here (`mlflow db upgrade` upgrades only stores "
-        f"older than the installed MLflow)"
+        f"expected a store the installed MLflow {installed} can open; this one was written "
+        f"by {maker} (schema {found}): install that MLflow here (`mlflow db upgrade` upgrades "
+        "only stores older than the installed MLflow)"
     )
     raise ConfigError("tracking.uri", uri, allowed)
 
@@ -128,7 +158,18 @@ class DatabaseWrites:
     and run status. The client needs five or more transactions per run; a cohort needs two
     here."""
 
-    def __init__(self, store: SqlAlchemyStore, client):
+    def __init__(self, store: SqlAlchemyStore, client: MlflowClient):
+        from mlflow.store.tracking.dbmodels.models import (
+            SqlDataset,
+            SqlInput,
+            SqlInputTag,
+            SqlLatestMetric,
+            SqlMetric,
+            SqlParam,
+            SqlRun,
+            SqlTag,
+        )
+
         self.store, self.client = store, client
         self.metrics, self.latest = SqlMetric.__table__, SqlLatestMetric.__table__
         self.params, self.tags, self.runs = SqlParam.__table__, SqlTag.__table__, SqlRun.__table__
@@ -151,8 +192,22 @@ class DatabaseWrites:
             created.append(CreatedRun(run_id, now, artifact_uri))
             user = new.tags.get(Tag.USER, "unknown")
             rows.append(
-                (run_id, new.name, "UNKNOWN", "", "", user, Status.RUNNING, now, None, None, "")
-                + ("active", artifact_uri, int(experiment_id))
+                (
+                    run_id,
+                    new.name,
+                    "UNKNOWN",  # source_type, source_name, entry_point_name: as create_run
+                    "",
+                    "",
+                    user,
+                    Status.RUNNING,
+                    now,  # start_time
+                    None,  # end_time
+                    None,  # deleted_time
+                    "",  # source_version
+                    "active",
+                    artifact_uri,
+                    int(experiment_id),
+                )
             )
             params += [(run_id, key, value) for key, value in new.params.items()]
             tags += [(run_id, k, v) for k, v in {Tag.RUN_NAME: new.name, **new.tags}.items()]
@@ -166,37 +221,58 @@ class DatabaseWrites:
 
     def _log_inputs(self, connection, experiment_id: int, runs: list) -> None:
         """Dataset rows for the experiment's datasets not stored yet, an input edge from each
-        dataset to each run that saw it, and the edge's context tag."""
-        wanted = {(i.name, i.digest): i for _, inputs in runs for i in inputs}
+        dataset to each run that saw it, and the edge's context tag. As MLflow's
+        ``log_inputs``, the first input of a name and digest counts, and each is validated."""
+        wanted: dict[tuple[str, str], DatasetInput] = {}
+        for _, inputs in runs:
+            for entry in inputs:
+                wanted.setdefault((entry.name, entry.digest), entry)
         if not wanted:
             return
+        _validate_dataset_inputs([dataset_input_entity(entry) for entry in wanted.values()])
         uuids = self._dataset_uuids(connection, experiment_id, wanted)
-        new = [(name, digest) for name, digest in wanted if (name, digest) not in uuids]
+        new = [key for key in wanted if key not in uuids]
         uuids.update({key: uuid.uuid4().hex for key in new})
-        self._insert(
-            connection,
-            self.datasets,
-            ("dataset_uuid", "experiment_id", "name", "digest")
-            + ("dataset_source_type", "dataset_source", "dataset_schema", "dataset_profile"),
-            [
-                (uuids[key], experiment_id, *key, wanted[key].source_type, wanted[key].source)
-                + (None, wanted[key].profile)
-                for key in new
-            ],
-        )
+        datasets = [
+            {
+                "dataset_uuid": uuids[key],
+                "experiment_id": experiment_id,
+                "name": wanted[key].name,
+                "digest": wanted[key].digest,
+                "dataset_source_type": wanted[key].source_type,
+                "dataset_source": wanted[key].source,
+                "dataset_schema": None,
+                "dataset_profile": wanted[key].profile,
+            }
+            for key in new
+        ]
         edges, edge_tags = [], []
         for run_id, inputs in runs:
-            for source in {(i.name, i.digest): i for i in inputs}.values():
+            seen: dict[tuple[str, str], DatasetInput] = {}
+            for entry in inputs:
+                seen.setdefault((entry.name, entry.digest), entry)
+            for key, entry in seen.items():
                 edge = uuid.uuid4().hex
-                edges.append((edge, "DATASET", uuids[(source.name, source.digest)], "RUN", run_id))
-                edge_tags.append((edge, DATASET_CONTEXT, source.context))
-        self._insert(
-            connection,
-            self.inputs,
-            ("input_uuid", "source_type", "source_id", "destination_type", "destination_id"),
-            edges,
-        )
-        self._insert(connection, self.input_tags, ("input_uuid", "name", "value"), edge_tags)
+                edges.append(
+                    {
+                        "input_uuid": edge,
+                        "source_type": "DATASET",
+                        "source_id": uuids[key],
+                        "destination_type": "RUN",
+                        "destination_id": run_id,
+                    }
+                )
+                edge_tags.append(
+                    {"input_uuid": edge, "name": DATASET_CONTEXT, "value": entry.context}
+                )
+        for table, rows in (
+            (self.datasets, datasets),
+            (self.inputs, edges),
+            (self.input_tags, edge_tags),
+        ):
+            if rows:
+                columns = tuple(rows[0])
+                self._insert(connection, table, columns, [tuple(r.values()) for r in rows])
 
     def _dataset_uuids(self, connection, experiment_id: int, wanted: dict) -> dict:
         from sqlalchemy import select
@@ -332,6 +408,7 @@ def read_tables(store: SqlAlchemyStore, experiment_id: str) -> ExperimentTables:
     """Every active run of the experiment with all its params, tags and metric histories, in
     four SQL queries (MLflow's client would need one call per run and metric)."""
     import pandas as pd
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlRun, SqlTag
     from sqlalchemy import select
 
     active = select(SqlRun.run_uuid).where(
@@ -366,17 +443,23 @@ def read_tables(store: SqlAlchemyStore, experiment_id: str) -> ExperimentTables:
     return tables
 
 
-def unverified_note(client) -> str | None:
-    """The line that says a database store's runs go through MLflow's client (slower), when
-    its schema is not one the direct writes were verified on; None otherwise."""
-    store = database_store(client)
-    if store is None or bulk_verified(store):
+def unverified_note() -> str | None:
+    """The line that says a database's runs go through MLflow's client (slower), when the
+    installed MLflow (whose schema it opens a store at, after upgrading an older one) is not
+    one the direct writes were verified on; None otherwise."""
+    if mlflow.__version__ in VERIFIED.values():
         return None
-    import mlflow
-
-    verified = ", ".join(f"{revision} (MLflow {v})" for revision, v in VERIFIED.items())
+    verified = ", ".join(f"{v} (schema {number})" for number, v in VERIFIED.items())
     return (
-        f"note: the store's schema {schema_revision(store)} (MLflow {mlflow.__version__}) is not "
-        f"one the harness's bulk writes were verified on ({verified}): runs are written "
-        "through MLflow's client instead, which is slower"
+        f"note: the installed MLflow {mlflow.__version__} is not one the harness's bulk writes "
+        f"were verified on ({verified}): runs are written through MLflow's client instead, "
+        "which is slower"
     )
+
+
+def dataset_input_entity(entry: DatasetInput) -> MlflowDatasetInput:
+    """MLflow's dataset input entity for ``entry``, as ``log_inputs`` takes it."""
+    dataset = Dataset(
+        entry.name, entry.digest, entry.source_type, entry.source, profile=entry.profile
+    )
+    return MlflowDatasetInput(dataset, [InputTag(DATASET_CONTEXT, entry.context)])
