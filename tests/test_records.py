@@ -223,7 +223,13 @@ def test_a_busy_server_is_asked_again_and_other_errors_are_raised_at_once(monkey
     from mlflow.exceptions import MlflowException
 
     monkeypatch.setattr(client_backend.time, "sleep", lambda seconds: None)
-    answers = iter(["QueuePool limit of size 5 overflow 10 reached"] * 2)
+    answers = iter(
+        [
+            "QueuePool limit of size 5 overflow 10 reached",
+            "BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates "
+            'unique constraint "dataset_pk"',  # two writers logged one new dataset at once
+        ]
+    )
 
     def busy_twice(value):
         message = next(answers, None)

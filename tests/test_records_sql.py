@@ -89,6 +89,24 @@ def test_runs_of_one_data_set_share_its_dataset_rows(store_uri):
     assert edges == 5 * 3 and {c for (c,) in contexts} == {"train", "val", "test"}
 
 
+def test_a_dataset_another_writer_inserts_first_is_shared_not_a_failure(store_uri, monkeypatch):
+    """Two writers reading no row for a new dataset both insert it: the second insert fails on
+    the table's key, and its writer reads the first one's row and links its runs to it."""
+    record_cohort(store_uri, WINE, [0])  # the first writer's datasets
+    reads = []
+    original = sql.DatabaseWrites._dataset_uuids
+
+    def stale_first_read(self, connection, experiment_id, wanted):
+        reads.append(len(reads))
+        return {} if len(reads) == 1 else original(self, connection, experiment_id, wanted)
+
+    monkeypatch.setattr(sql.DatabaseWrites, "_dataset_uuids", stale_first_read)
+    (run,) = record_cohort(store_uri, WINE, [1], background=False)
+    assert len(reads) == 2 and run.info.status == "FINISHED" and len(inputs_of(run)) == 3
+    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as connection:
+        assert connection.execute("select count(*) from datasets").fetchone()[0] == 3
+
+
 def test_the_installed_mlflow_writes_a_verified_schema(store_uri):
     """The bulk path is what runs here: the installed MLflow's schema is a verified one, and
     the revisions the harness reads off MLflow's migrations are alembic's."""

@@ -26,9 +26,15 @@ from harness.records.backends.sql import dataset_input_entity
 from harness.records.schema import ExperimentTables
 
 CLIENT_THREADS = 4  # runs written at once through MLflow's client
-# A server's answer that means "busy, ask again": its database connection pool ran out (MLflow
-# answers 400; its HTTP layer already retries 5xx answers). Retried after 1, 2, 4, ... s.
-TRANSIENT = ("QueuePool limit",)
+# A server's answers that mean "ask again" (MLflow answers 400; its HTTP layer already retries
+# 5xx answers), retried after 1, 2, 4, ... s: its database connection pool ran out, or two
+# writers logged the same new dataset at once and this one lost (MLflow's log_inputs reads,
+# then inserts; the loser's transaction is rolled back whole, and its retry finds the row).
+TRANSIENT = (
+    "QueuePool limit",
+    'unique constraint "dataset_pk"',  # PostgreSQL
+    "UNIQUE constraint failed: datasets.",  # sqlite
+)
 RETRIES = 7
 HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
 HISTORY_LIMIT = 25_000  # points in one answer of that endpoint, at most

@@ -59,6 +59,18 @@ RUN_COLUMNS = (
     "artifact_uri",
     "experiment_id",
 )
+DATASET_COLUMNS = (
+    "dataset_uuid",
+    "experiment_id",
+    "name",
+    "digest",
+    "dataset_source_type",
+    "dataset_source",
+    "dataset_schema",
+    "dataset_profile",
+)
+INPUT_COLUMNS = ("input_uuid", "source_type", "source_id", "destination_type", "destination_id")
+DATASET_TRIES = 3  # inserts of a dataset that another writer may be inserting at once
 METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
 PAIR_COLUMNS = ("run_uuid", "key", "value")
 
@@ -211,41 +223,63 @@ class DatabaseWrites:
             )
             params += [(run_id, key, value) for key, value in new.params.items()]
             tags += [(run_id, k, v) for k, v in {Tag.RUN_NAME: new.name, **new.tags}.items()]
+        datasets = self._datasets(int(experiment_id), new_runs)
         with self._transaction() as connection:
             self._insert(connection, self.runs, RUN_COLUMNS, rows)
             self._insert(connection, self.params, PAIR_COLUMNS, params)
             self._insert(connection, self.tags, PAIR_COLUMNS, tags)
             runs = [(run.run_id, new.inputs) for run, new in zip(created, new_runs, strict=True)]
-            self._log_inputs(connection, int(experiment_id), runs)
+            self._link_inputs(connection, datasets, runs)
         return created
 
-    def _log_inputs(self, connection, experiment_id: int, runs: list) -> None:
-        """Dataset rows for the experiment's datasets not stored yet, an input edge from each
-        dataset to each run that saw it, and the edge's context tag. As MLflow's
-        ``log_inputs``, the first input of a name and digest counts, and each is validated."""
+    def _datasets(self, experiment_id: int, new_runs: list[NewRun]) -> dict:
+        """The id of each dataset the runs saw, by (name, digest), its row inserted where the
+        experiment has none yet (as MLflow's ``log_inputs``: the first input of a name and
+        digest counts, and each is validated). Datasets are shared by the experiment's runs,
+        so this is a transaction of its own: when another writer inserts the same dataset
+        between its read and its insert, the insert fails on the table's key and is tried
+        again, then finding that writer's row."""
+        from sqlalchemy.exc import IntegrityError
+
         wanted: dict[tuple[str, str], DatasetInput] = {}
-        for _, inputs in runs:
-            for entry in inputs:
+        for new in new_runs:
+            for entry in new.inputs:
                 wanted.setdefault((entry.name, entry.digest), entry)
         if not wanted:
-            return
+            return {}
         _validate_dataset_inputs([dataset_input_entity(entry) for entry in wanted.values()])
+        for attempt in range(DATASET_TRIES):
+            try:
+                with self._transaction() as connection:
+                    return self._insert_datasets(connection, experiment_id, wanted)
+            except IntegrityError:
+                if attempt == DATASET_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert_datasets(self, connection, experiment_id: int, wanted: dict) -> dict:
         uuids = self._dataset_uuids(connection, experiment_id, wanted)
         new = [key for key in wanted if key not in uuids]
         uuids.update({key: uuid.uuid4().hex for key in new})
-        datasets = [
-            {
-                "dataset_uuid": uuids[key],
-                "experiment_id": experiment_id,
-                "name": wanted[key].name,
-                "digest": wanted[key].digest,
-                "dataset_source_type": wanted[key].source_type,
-                "dataset_source": wanted[key].source,
-                "dataset_schema": None,
-                "dataset_profile": wanted[key].profile,
-            }
+        rows = [
+            (
+                uuids[key],
+                experiment_id,
+                wanted[key].name,
+                wanted[key].digest,
+                wanted[key].source_type,
+                wanted[key].source,
+                None,  # dataset_schema
+                wanted[key].profile,
+            )
             for key in new
         ]
+        self._insert(connection, self.datasets, DATASET_COLUMNS, rows)
+        return uuids
+
+    def _link_inputs(self, connection, datasets: dict, runs: list) -> None:
+        """An input edge from each dataset (``datasets``: id by name and digest) to each run
+        that saw it, with the edge's context tag."""
         edges, edge_tags = [], []
         for run_id, inputs in runs:
             seen: dict[tuple[str, str], DatasetInput] = {}
@@ -253,26 +287,10 @@ class DatabaseWrites:
                 seen.setdefault((entry.name, entry.digest), entry)
             for key, entry in seen.items():
                 edge = uuid.uuid4().hex
-                edges.append(
-                    {
-                        "input_uuid": edge,
-                        "source_type": "DATASET",
-                        "source_id": uuids[key],
-                        "destination_type": "RUN",
-                        "destination_id": run_id,
-                    }
-                )
-                edge_tags.append(
-                    {"input_uuid": edge, "name": DATASET_CONTEXT, "value": entry.context}
-                )
-        for table, rows in (
-            (self.datasets, datasets),
-            (self.inputs, edges),
-            (self.input_tags, edge_tags),
-        ):
-            if rows:
-                columns = tuple(rows[0])
-                self._insert(connection, table, columns, [tuple(r.values()) for r in rows])
+                edges.append((edge, "DATASET", datasets[key], "RUN", run_id))
+                edge_tags.append((edge, DATASET_CONTEXT, entry.context))
+        self._insert(connection, self.inputs, INPUT_COLUMNS, edges)
+        self._insert(connection, self.input_tags, ("input_uuid", "name", "value"), edge_tags)
 
     def _dataset_uuids(self, connection, experiment_id: int, wanted: dict) -> dict:
         from sqlalchemy import select
