@@ -160,6 +160,15 @@ def check_schema(uri: str) -> None:
     raise ConfigError("tracking.uri", uri, allowed)
 
 
+def _first_of_each(inputs: list[DatasetInput]) -> dict[tuple[str, str], DatasetInput]:
+    """The first input of each (name, digest), by that key: the one MLflow's ``log_inputs``
+    keeps."""
+    first: dict[tuple[str, str], DatasetInput] = {}
+    for entry in inputs:
+        first.setdefault((entry.name, entry.digest), entry)
+    return first
+
+
 class DatabaseWrites:
     """Creates and writes many runs per transaction on a database store, leaving the tables as
     MLflow's own ``create_run``, ``log_inputs``, ``log_batch`` and ``set_terminated`` would: run
@@ -241,10 +250,7 @@ class DatabaseWrites:
         again, then finding that writer's row."""
         from sqlalchemy.exc import IntegrityError
 
-        wanted: dict[tuple[str, str], DatasetInput] = {}
-        for new in new_runs:
-            for entry in new.inputs:
-                wanted.setdefault((entry.name, entry.digest), entry)
+        wanted = _first_of_each([entry for new in new_runs for entry in new.inputs])
         if not wanted:
             return {}
         _validate_dataset_inputs([dataset_input_entity(entry) for entry in wanted.values()])
@@ -282,10 +288,7 @@ class DatabaseWrites:
         that saw it, with the edge's context tag."""
         edges, edge_tags = [], []
         for run_id, inputs in runs:
-            seen: dict[tuple[str, str], DatasetInput] = {}
-            for entry in inputs:
-                seen.setdefault((entry.name, entry.digest), entry)
-            for key, entry in seen.items():
+            for key, entry in _first_of_each(inputs).items():
                 edge = uuid.uuid4().hex
                 edges.append((edge, "DATASET", datasets[key], "RUN", run_id))
                 edge_tags.append((edge, DATASET_CONTEXT, entry.context))
