@@ -11,6 +11,13 @@ PORT ?= 5000
 STORE ?= sqlite:///$(CURDIR)/mlflow.db
 HOST ?= 127.0.0.1
 DB   ?=
+DB_PASSWORD_FILE ?=
+
+# $(call q,NAME): the value of variable NAME as one shell word, whatever it holds (spaces, quotes,
+# ; or *): '...' with each ' written '\''. (A $ is make's own: write $$ for a literal one.) ARGS
+# alone is split into words on purpose, a list of overrides; quote an override with a space:
+#   make run ARGS="'tracking.experiment=my study' optimizer=adam"
+q = '$(subst ','\'',$($(1)))'
 
 .DEFAULT_GOAL := help
 .PHONY: help install run sweep studies report ui server test test-slow test-all test-cluster bench lint clean
@@ -19,8 +26,8 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(call q,PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(call q,TORCH_SPEC)
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
 	touch $@
 
@@ -39,19 +46,19 @@ run: install ## train one configuration: make run ARGS="optimizer=adam optimizer
 	$(BIN)/python -m harness.train $(ARGS)
 
 sweep: install ## run a study into mlflow.db: make sweep EXP=lr_sensitivity JOBS=2 ARGS="seed=0,1"
-	$(BIN)/python -m harness.sweep $(EXP) hydra.launcher.n_jobs=$(JOBS) $(ARGS)
+	$(BIN)/python -m harness.sweep $(call q,EXP) hydra.launcher.n_jobs=$(call q,JOBS) $(ARGS)
 
 studies: install ## list the studies and the question each answers
 	$(BIN)/python -m harness.sweep --list
 
 report: install ## the HTML report of a study: make report EXP=lr_sensitivity
-	$(BIN)/python -m reports $(EXP) $(ARGS)
+	$(BIN)/python -m reports $(call q,EXP) $(ARGS)
 
 ui: install ## browse the runs in the MLflow UI; prints each study's address (PORT=..., STORE=...)
-	$(BIN)/python -m harness.ui --store '$(STORE)' --host 127.0.0.1 --port $(PORT)
+	$(BIN)/python -m harness.ui --store $(call q,STORE) --host 127.0.0.1 --port $(call q,PORT)
 
-server: $(BIN)/.server ## shared MLflow server on a local PostgreSQL (HOST=..., PORT=..., DB=<database URI>)
-	$(BIN)/python -m harness.server --host $(HOST) --port $(PORT) $(if $(DB),--db '$(DB)') $(ARGS)
+server: $(BIN)/.server ## shared MLflow server on a local PostgreSQL (HOST=..., PORT=..., DB=<database URI>, DB_PASSWORD_FILE=...)
+	$(BIN)/python -m harness.server --host $(call q,HOST) --port $(call q,PORT) $(if $(DB),--db $(call q,DB)) $(if $(DB_PASSWORD_FILE),--db-password-file $(call q,DB_PASSWORD_FILE)) $(ARGS)
 
 test: install ## the default test suite (not the slow tests)
 	$(BIN)/pytest

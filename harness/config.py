@@ -4,17 +4,20 @@ Each option of a group (``conf/<group>/<option>.yaml``) starts from a dataclass 
 Hydra's ConfigStore under ``schema/<group>/<option>`` by :func:`register` (which importing
 :mod:`harness.registry` calls with every :class:`Option`), so OmegaConf checks types and unknown
 keys while composing. Ranges are checked in ``__post_init__``, which runs when
-:func:`to_spec` turns the composed config into these dataclasses, and cross-group fits (model
-and loss, optimizer and batch size) are checked by :func:`check_combination`. Every failure is
-a :class:`ConfigError` naming the key, the value and what is allowed.
+:func:`to_spec` turns the composed config into these dataclasses; :func:`to_spec` then refuses
+numbers that are not finite and keys added with ``+`` (free-form keys belong only in a
+``dict`` field, such as a torch optimizer's ``kwargs``), and cross-group fits (model and loss,
+optimizer and batch size) are checked by :func:`check_combination`. Every failure is a
+:class:`ConfigError` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 import yaml
@@ -89,9 +92,13 @@ class SklearnDatasetConfig(DatasetConfig):
     standardize_target: bool = True
 
 
+MAX_GENERATED_VALUES = 10**8  # 0.8 GB of float64 features
+
+
 @dataclass
 class GeneratedDatasetConfig(DatasetConfig):
-    """A synthetic set drawn with ``seed``: ``regression1d``, ``blobs`` or ``moons``."""
+    """A synthetic set drawn with ``seed``: ``regression1d``, ``blobs`` or ``moons``; at most
+    ``MAX_GENERATED_VALUES`` feature values in all (size x features) and ``size`` classes."""
 
     size: int = 200
     noise: float = 0.1
@@ -107,6 +114,18 @@ class GeneratedDatasetConfig(DatasetConfig):
         _require(self.noise >= 0, "dataset.noise", self.noise, "expected a value >= 0")
         _require(self.classes >= 2, "dataset.classes", self.classes, "expected at least 2")
         _require(self.features >= 1, "dataset.features", self.features, "expected at least 1")
+        _require(
+            self.size * self.features <= MAX_GENERATED_VALUES,
+            "dataset.size*features",
+            (self.size, self.features),
+            f"expected at most {MAX_GENERATED_VALUES:,} values in all (0.8 GB as float64)",
+        )
+        _require(
+            self.classes <= self.size,
+            "dataset.classes",
+            self.classes,
+            f"expected at most dataset.size ({self.size})",
+        )
 
 
 @dataclass
@@ -366,11 +385,14 @@ class PlateauScheduleConfig(ScheduleConfig):
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_STEPS = 100
 
 
 @dataclass
 class TrainerConfig:
-    """Budget in ``steps`` or ``epochs`` (exactly one); ``batch_size`` null means full batch.
+    """Budget in ``steps`` or ``epochs`` (one of them; ``DEFAULT_STEPS`` steps when neither
+    is set, resolved here so that the spec and its fingerprint hold 100 steps either way);
+    ``batch_size`` null means full batch.
 
     ``eval_every`` (updates) sets how often validation and test metrics are computed; null
     means once per epoch, or at every logged step when training by ``steps``. A run diverges
@@ -378,7 +400,7 @@ class TrainerConfig:
     1 when the initial loss is below 1).
     """
 
-    steps: int | None = 100
+    steps: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
     reshuffle: bool = True
@@ -390,11 +412,13 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _require(
-            (self.steps is None) != (self.epochs is None),
+            self.steps is None or self.epochs is None,
             "trainer.steps/epochs",
             (self.steps, self.epochs),
-            "set exactly one of trainer.steps and trainer.epochs (the other null)",
+            "set one of trainer.steps and trainer.epochs, not both",
         )
+        if self.steps is None and self.epochs is None:
+            self.steps = DEFAULT_STEPS
         _positive("trainer.steps", self.steps)
         _positive("trainer.epochs", self.epochs)
         _positive("trainer.batch_size", self.batch_size)
@@ -499,14 +523,53 @@ def register(options: dict[str, dict[str, Option]]) -> None:
 
 
 def to_spec(cfg: DictConfig) -> RunConfig:
-    """Turn a composed config into dataclasses, running every range check."""
+    """Turn a composed config into dataclasses, running every range check, and refuse numbers
+    that are not finite and keys its schema lacks (see :func:`check_values`)."""
     try:
         spec = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "config")
         raise ConfigError(key, "", str(error).split("\n")[0]) from error
+    check_values(spec, "")
     check_combination(spec)
     return spec
+
+
+def check_values(node: Any, key: str) -> None:
+    """Refuse, anywhere in ``node`` (found at ``key``), a float that is inf or NaN (alone or
+    in a list) and an attribute that is not a field of its dataclass: ``OmegaConf.to_object``
+    sets a key added with ``+`` as such an attribute, which nothing would read. Keys inside
+    a ``dict`` field (a torch optimizer's ``kwargs``) are free-form and only their values
+    are checked."""
+    if is_dataclass(node):
+        names = [f.name for f in fields(node)]
+        for extra in sorted(vars(node).keys() - set(names)):
+            owner = f"{key} {node.name}" if hasattr(node, "name") else key or "the run"
+            allowed = ", ".join(name for name in names if name != "name")
+            raise ConfigError(
+                _dotted(key, extra),
+                getattr(node, extra),
+                f"{owner} takes {allowed}; + adds keys only to a free-form dict "
+                "(optimizer.kwargs of optimizer=torch)",
+            )
+        children = {name: getattr(node, name) for name in names}
+    elif isinstance(node, dict):
+        children = node
+    else:
+        _require(_finite(node), key, node, "expected a finite number")
+        return
+    for name, child in children.items():
+        check_values(child, _dotted(key, str(name)))
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def check_combination(spec: RunConfig) -> None:

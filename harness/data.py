@@ -3,13 +3,17 @@
 Every loader returns all (x, y) pairs; :func:`load` then draws the seeded train/validation/test
 split and standardises features (and regression targets, where asked) with statistics of the
 training split only. Nothing is downloaded: toy sets ship as package data, the real sets come
-with scikit-learn, and MNIST-style sets are read from files the user placed in ``root``.
+with scikit-learn, and MNIST-style sets are read from files the user placed in ``root``. A data
+file that cannot be used (a value that is not a finite number, a corrupt or truncated IDX file)
+is a :class:`DataFileError` naming the file (and the line), which :func:`load` refuses as a
+ConfigError on ``dataset``.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -79,10 +83,38 @@ class Arrays:
 # ----------------------------------------------------------------------------- loaders
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be used; the message names the file (and the line)."""
+
+
+def read_csv(path: Path) -> np.ndarray:
+    """The rows of a comma-separated file of numbers after its header line, as a 2-D array;
+    blank lines are skipped. A field that is not a finite number, or a row of another
+    length than the first, is a DataFileError naming the file and the line."""
+    rows: list[list[float]] = []
+    for number, line in enumerate(path.read_text().splitlines()[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            row = [float(text) for text in line.split(",")]
+        except ValueError:
+            row = []
+        width = len(rows[0]) if rows else len(row)
+        if not row or len(row) != width or not all(map(math.isfinite, row)):
+            raise DataFileError(
+                f"{path} line {number}: expected finite numbers separated by commas, "
+                f"as many as on the first row; found {line.strip()!r}"
+            )
+        rows.append(row)
+    if not rows:
+        raise DataFileError(f"{path} holds no rows of numbers after its header line")
+    return np.array(rows, dtype=np.float64)
+
+
 def _toy(file_name: str) -> Callable[[DatasetConfig], Arrays]:
     def load(_: DatasetConfig) -> Arrays:
-        text = resources.files("harness.toydata").joinpath(file_name).read_text()
-        table = np.loadtxt(text.splitlines(), delimiter=",", skiprows=1)
+        with resources.as_file(resources.files("harness.toydata").joinpath(file_name)) as path:
+            table = read_csv(path)
         return Arrays(table[:, :1], table[:, 1], REGRESSION)
 
     return load
@@ -134,19 +166,22 @@ IDX_FILES = {
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX array (optionally gzipped): magic 0,0,type,ndim; big-endian int32 dims; data."""
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX array of ``ndim`` dimensions (optionally gzipped): magic 0,0,type,ndim;
+    big-endian int32 dims; data. Anything else is a DataFileError naming the file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as stream:
-        raw = stream.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
+    try:
+        with opener(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError) as error:
+        raise DataFileError(f"{path} cannot be read: {error}") from error
+    if len(raw) < 4 or raw[:3] != bytes([0, 0, 0x08]) or raw[3] != ndim:
+        raise DataFileError(f"{path} is not an unsigned-byte IDX file of ndim {ndim}")
+    header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {data.size} values, its header says {shape}")
-    return data.reshape(shape)
+    if len(raw) != header + math.prod(shape):
+        raise DataFileError(f"{path} holds {len(raw) - header} values, its header says {shape}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find_idx(root: Path, base: str) -> Path | None:
@@ -171,9 +206,13 @@ def _idx(cfg: DatasetConfig, source: str) -> Arrays:
                 f"expected the four {cfg.name} IDX files ({names}, optionally .gz) there; "
                 f"download them from {source} and set dataset.root to their folder",
             )
-        pixels = read_idx(images)
+        pixels, targets = read_idx(images, 3), read_idx(labels, 1)
+        if len(pixels) != len(targets):
+            raise DataFileError(
+                f"{images} holds {len(pixels)} images, {labels} {len(targets)} labels"
+            )
         x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255.0
-        parts[part] = (x, read_idx(labels).astype(np.int64))
+        parts[part] = (x, targets.astype(np.int64))
     x, y = parts["train"]
     if cfg.limit is not None:
         x, y = x[: cfg.limit], y[: cfg.limit]
@@ -230,8 +269,12 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def load(cfg: DatasetConfig) -> Dataset:
-    """Load, split and standardise the data set ``cfg`` names."""
-    arrays = OPTIONS[cfg.name].build(cfg)
+    """Load, split and standardise the data set ``cfg`` names; a data file that cannot be used
+    is a ConfigError on ``dataset``."""
+    try:
+        arrays = OPTIONS[cfg.name].build(cfg)
+    except DataFileError as error:
+        raise ConfigError("dataset", cfg.name, str(error)) from error
     if arrays.test is not None and cfg.test_fraction > 0:
         raise ConfigError(
             "dataset.test_fraction",

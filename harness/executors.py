@@ -22,6 +22,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,11 +39,29 @@ STOP_GRACE_SECONDS = 60.0  # how long cancelled jobs may take to record their ru
 OnEvent = Callable[[str, int, Any], None]
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def check(settings: LauncherSettings) -> None:
     """Validate the settings (``LauncherSettings.check``) and that the chosen executor can
-    run here: the cluster ones need their extra, SLURM its ``sbatch``."""
+    run here: the cluster ones need their extra, SLURM its ``sbatch``. The local executor's
+    ``n_jobs`` above this machine's cores is capped to them, with a one-line warning on stderr
+    (more CPU workers than cores only share them, each with its own process and memory; where
+    the points train on CUDA the workers are one per GPU anyway)."""
     settings.check()
     kind = settings.executor
+    cores = cpu_cores()
+    if kind == "local" and settings.n_jobs > cores:
+        print(
+            f"warning: hydra.launcher.n_jobs={settings.n_jobs} is more than the {cores} CPU "
+            f"cores here: capped to {cores}",
+            file=sys.stderr,
+        )
+        settings.n_jobs = cores
     if kind in EXTRAS and importlib.util.find_spec(EXTRAS[kind]) is None:
         allowed = f"needs {EXTRAS[kind]}: pip install -e '.[{kind}]'"
         raise ConfigError("hydra.launcher.executor", kind, allowed)
@@ -250,7 +269,7 @@ def threads(kind: str, slots: int, slurm: SlurmSettings, ray: RaySettings) -> in
         return max(1, slurm.cpus_per_job)
     if kind == "ray":
         return max(1, int(ray.num_cpus))
-    return max(1, len(os.sched_getaffinity(0)) // slots)
+    return max(1, cpu_cores() // slots)
 
 
 def check_store(kind: str, slurm: SlurmSettings, ray: RaySettings, uri: str) -> None:

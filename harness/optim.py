@@ -187,7 +187,7 @@ class TorchState(NamedTuple):
 def torch_optimizer(class_name: str, kwargs: dict[str, Any], lr: float) -> Rule:
     """Any torch.optim class on one run: the step it takes is returned as the update; its
     learning rate is set to the scheduled ``lr`` before every step."""
-    optimizer_class = check_torch_optimizer(class_name, kwargs)
+    optimizer_class = check_torch_optimizer(class_name, kwargs, lr)
 
     def init(params):
         if params.shape[0] != 1:
@@ -209,31 +209,36 @@ def torch_optimizer(class_name: str, kwargs: dict[str, Any], lr: float) -> Rule:
     return Rule(init, update)
 
 
-def check_torch_optimizer(class_name: str, kwargs: dict[str, Any]) -> type:
-    """The torch.optim class named ``class_name``, after checking its keyword names."""
-    optimizer_class = getattr(torch.optim, class_name, None)
-    if not (
-        inspect.isclass(optimizer_class) and issubclass(optimizer_class, torch.optim.Optimizer)
-    ):
-        names = sorted(
-            n
-            for n, c in vars(torch.optim).items()
-            if inspect.isclass(c)
-            and issubclass(c, torch.optim.Optimizer)
-            and c is not torch.optim.Optimizer
-            and n != "LBFGS"
-        )
-        raise ConfigError(
-            "optimizer.class_name",
-            class_name,
-            f"expected a torch.optim optimizer: {', '.join(names)}",
-        )
-    if class_name == "LBFGS":
-        raise ConfigError(
-            "optimizer.class_name",
-            class_name,
-            "LBFGS re-evaluates the loss through a closure; use gd_linesearch",
-        )
+UNUSABLE_TORCH_OPTIMIZERS = {
+    "LBFGS": "LBFGS re-evaluates the loss through a closure; use gd_linesearch",
+    "SparseAdam": "SparseAdam takes sparse gradients only; the harness's are dense",
+}
+
+
+def torch_optimizers() -> dict[str, type]:
+    """The concrete torch.optim optimizers by name: subclasses of ``Optimizer`` with a ``step``
+    of their own (torch wraps ``step`` in a profiling hook, hence the unwrap)."""
+    base = inspect.unwrap(torch.optim.Optimizer.step)
+    return {
+        name: c
+        for name, c in vars(torch.optim).items()
+        if inspect.isclass(c)
+        and issubclass(c, torch.optim.Optimizer)
+        and inspect.unwrap(c.step) is not base
+    }
+
+
+def check_torch_optimizer(class_name: str, kwargs: dict[str, Any], lr: float) -> type:
+    """The concrete torch.optim class named ``class_name``, after checking its keyword names
+    and building it with ``lr`` and ``kwargs`` on a trial parameter (torch checks values)."""
+    optimizers = torch_optimizers()
+    if class_name in UNUSABLE_TORCH_OPTIMIZERS or class_name not in optimizers:
+        names = sorted(optimizers.keys() - UNUSABLE_TORCH_OPTIMIZERS.keys())
+        allowed = f"expected a torch.optim optimizer: {', '.join(names)}"
+        if class_name in UNUSABLE_TORCH_OPTIMIZERS:
+            allowed = f"{UNUSABLE_TORCH_OPTIMIZERS[class_name]}; {allowed}"
+        raise ConfigError("optimizer.class_name", class_name, allowed)
+    optimizer_class = optimizers[class_name]
     accepted = set(inspect.signature(optimizer_class).parameters) - {"params", "lr"}
     for key in kwargs:
         if key not in accepted:
@@ -242,6 +247,12 @@ def check_torch_optimizer(class_name: str, kwargs: dict[str, Any]) -> type:
                 kwargs[key],
                 f"{class_name} takes {', '.join(sorted(accepted))}",
             )
+    try:
+        optimizer_class([torch.zeros(1, 2, requires_grad=True)], lr=lr, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        allowed = f"{class_name} refuses them: {message}"
+        raise ConfigError("optimizer.kwargs", kwargs, allowed) from error
     return optimizer_class
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -14,3 +15,10 @@ def project_root() -> Path:
     """The checkout that holds this package (an editable install), else the working folder:
     where ``mlflow.db``, ``outputs/`` and ``.server/`` go by default."""
     return PACKAGE_ROOT if (PACKAGE_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
+def folder_name(name: str) -> str:
+    """``name`` (a study's, an experiment's) as one safe folder name: each run of characters
+    other than letters, digits, ``_``, ``.`` and ``-`` becomes ``_``, and so do leading dots,
+    so that ``folder / folder_name(name)`` lies inside ``folder``."""
+    return re.sub(r"^\.+|[^A-Za-z0-9_.-]+", "_", name) or "_"

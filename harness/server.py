@@ -4,6 +4,8 @@ Every node of a cluster then records through one HTTP URI (``tracking.uri=http:/
 runs, metrics and artifacts alike, the artifacts being uploaded to and served by the server.
 ``python -m harness.server`` starts a private PostgreSQL cluster in a project folder (or uses
 the database given by ``--db``), the MLflow server on it, and stops both on Ctrl-C or SIGTERM.
+Database passwords stay out of sight: kept in files only their owner reads, handed to the
+server through its environment, printed as ``***``.
 This module only runs processes; it does not import MLflow.
 """
 
@@ -14,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -23,6 +26,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from harness import stopping
 from harness.paths import project_root
@@ -36,6 +40,8 @@ DATABASE = "mlflow"
 SUPERUSER = "postgres"  # the cluster's superuser, and the system user that runs it as root
 DB_SCHEMES = ("postgresql", "mysql", "sqlite")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+PASSWORD_FILE = "password"  # in the local cluster's folder: the superuser's password
+TRUST = re.compile(r"^([^#\n]*\s)trust(?=\s|$)", re.MULTILINE)  # a pg_hba.conf rule: no password
 
 
 class ServerError(RuntimeError):
@@ -72,6 +78,30 @@ def _http(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+def redact(uri: str) -> str:
+    """``uri`` with its password, if it has one, shown as ``***``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def with_password(uri: str, password: str) -> str:
+    """``uri`` (which names a user and no password) with ``password``, percent-encoded."""
+    parts = urlsplit(uri)
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file ``path`` that only its owner may read or write, from the
+    moment it exists (an older file there is removed first)."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     """The last lines of a log file, or a note that there is none."""
     try:
@@ -95,32 +125,51 @@ class _Service:
 
 class LocalPostgres(_Service):
     """A private PostgreSQL cluster in ``folder``, listening on 127.0.0.1:``port`` only (and a
-    unix socket in the folder), with trust authentication and a database ``mlflow``. Run as
-    root, the cluster belongs to and runs as the ``postgres`` system user."""
+    unix socket in the folder), with a database ``mlflow``. Every connection, over TCP or the
+    socket, must give the superuser's password (scram-sha-256), which is generated for the
+    cluster and kept in ``password_file`` (mode 0600, in the folder). Run as root, the cluster
+    belongs to and runs as the ``postgres`` system user."""
 
     def __init__(self, folder: str | Path, port: int = 5433):
         self.folder, self.port = Path(folder).resolve(), port
         self.bindir = postgres_bindir()
         self.log = self.folder / "server.log"
+        self.password_file = self.folder / PASSWORD_FILE
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (there once the cluster has started)."""
+        return self.password_file.read_text().strip()
 
     @property
     def uri(self) -> str:
-        """The SQLAlchemy URI of the ``mlflow`` database, naming the psycopg2 driver (the
+        """The SQLAlchemy URI of the ``mlflow`` database, with the password (hand it over
+        through the environment; print it through ``redact``), naming the psycopg2 driver (the
         ``server`` extra's; SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3)."""
-        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql+psycopg2://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
 
     def start(self) -> None:
-        """Create the cluster if the folder holds none, start the server and wait until it
+        """Create the cluster if the folder holds none, secure it if it lets anyone in without
+        a password (a new cluster, or one made by an older version of this module with trust
+        authentication) or its password file is gone, start the server and wait until it
         accepts connections, then create the database if missing. Raises ServerError when a
         server already runs in the folder or the start fails (with the log's tail)."""
         self._prepare_folder()
-        if not (self.folder / "PG_VERSION").is_file():
+        new = not (self.folder / "PG_VERSION").is_file()
+        if new:
             self._initdb()
         if self.running():
             raise ServerError(
                 f"a PostgreSQL server already runs in {self.folder}: stop it with "
                 f"`{shlex.join(self._command('pg_ctl', '-D', self.folder, 'stop'))}`"
             )
+        if not self._secured():
+            self._secure()
+            if not new:
+                print(
+                    f"Secured the PostgreSQL in {self.folder}: every connection now needs the "
+                    f"password kept in {self.password_file}"
+                )
         options = (
             f"-c listen_addresses=127.0.0.1 -c max_connections={MAX_CONNECTIONS} -p {self.port} "
             f"-k {shlex.quote(str(self.folder))}"
@@ -163,14 +212,47 @@ class LocalPostgres(_Service):
             )
 
     def _initdb(self) -> None:
+        """Create the cluster. Its rules trust every local connection until ``_secure``
+        replaces them, before the server first starts (initdb reads a password only from a
+        file, which the postgres user would have to be able to open)."""
         options = ("-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C")
         self._run("initdb", "-D", self.folder, *options)
+
+    def _secured(self) -> bool:
+        """Whether the password file is there and no rule of pg_hba.conf trusts a connection."""
+        rules = (self.folder / "pg_hba.conf").read_text()
+        return self.password_file.is_file() and not TRUST.search(rules)
+
+    def _secure(self) -> None:
+        """Give the superuser a new password (in single-user mode: no server listens
+        meanwhile), make the rules of pg_hba.conf that trust ask for a password
+        (scram-sha-256) instead, and write the password to ``password_file``. ServerError
+        (the password masked) if the password cannot be set."""
+        password = secrets.token_urlsafe(32)
+        statement = (
+            "SET password_encryption = 'scram-sha-256'; "
+            f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"
+        )
+        single = self._command("postgres", "--single", "-D", self.folder, "postgres")
+        done = subprocess.run(
+            single, input=statement, capture_output=True, text=True, cwd=self.folder
+        )
+        if done.returncode != 0 or "ERROR:" in done.stderr:  # errors do not set its status
+            raise ServerError(
+                f"could not set the password of {SUPERUSER} in {self.folder}: "
+                + (done.stdout + done.stderr).replace(password, "***")
+            )
+        rules = self.folder / "pg_hba.conf"
+        rules.write_text(TRUST.sub(r"\1scram-sha-256", rules.read_text()))
+        _write_private(self.password_file, password + "\n")
 
     def _create_database(self) -> None:
         client = ("-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER)
         query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"
-        if self._run("psql", "-X", *client, "-d", "postgres", "-tAc", query).strip() != "1":
-            self._run("createdb", *client, DATABASE)
+        password = {**os.environ, "PGPASSWORD": self.password}
+        found = self._run("psql", "-X", *client, "-d", "postgres", "-tAc", query, env=password)
+        if found.strip() != "1":
+            self._run("createdb", *client, DATABASE, env=password)
 
     def _command(self, program: str, *args) -> list[str]:
         """``program`` of the cluster's bindir (a system command if not there) with ``args``;
@@ -179,11 +261,11 @@ class LocalPostgres(_Service):
         command = [str(path) if path.is_file() else program, *map(str, args)]
         return ["runuser", "-u", SUPERUSER, "--", *command] if os.getuid() == 0 else command
 
-    def _run(self, program: str, *args) -> str:
-        """Run the program in the folder; its output, or ServerError with that output and the
-        server log's tail."""
+    def _run(self, program: str, *args, env: dict[str, str] | None = None) -> str:
+        """Run the program in the folder (with ``env``, if given, for its environment); its
+        output, or ServerError with that output and the server log's tail."""
         command = self._command(program, *args)
-        done = subprocess.run(command, capture_output=True, text=True, cwd=self.folder)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.folder, env=env)
         if done.returncode != 0:
             raise ServerError(
                 f"{program} failed ({done.returncode}): {done.stdout}{done.stderr}\n"
@@ -195,7 +277,8 @@ class LocalPostgres(_Service):
 class MlflowServer(_Service):
     """``mlflow server`` on ``backend_uri``, serving the artifacts it stores in the folder
     ``artifacts`` (so every node reaches them through HTTP). Its output goes to ``log``
-    (default: ``mlflow-server.log`` beside the artifacts folder)."""
+    (default: ``mlflow-server.log`` beside the artifacts folder). ``backend_uri``, which may
+    carry a password, reaches the server through its environment, never its command line."""
 
     def __init__(
         self,
@@ -234,7 +317,12 @@ class MlflowServer(_Service):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**POOL, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                env={
+                    **POOL,
+                    **os.environ,
+                    "MLFLOW_BACKEND_STORE_URI": self.backend_uri,
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                },
             )
         try:
             self._wait_healthy(timeout)
@@ -243,8 +331,7 @@ class MlflowServer(_Service):
             raise
 
     def _command(self) -> list[str]:
-        command = [sys.executable, "-m", "mlflow", "server"]
-        command += ["--backend-store-uri", self.backend_uri, "--serve-artifacts"]
+        command = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts"]
         command += ["--artifacts-destination", str(self.artifacts)]
         command += ["--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
         if self.allowed_hosts:
@@ -317,7 +404,7 @@ def _database(text: str) -> str:
     scheme = text.split("://", 1)[0].split("+", 1)[0] if "://" in text else ""
     if scheme not in DB_SCHEMES:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected a database URI with scheme {', '.join(DB_SCHEMES)} "
+            f"{redact(text)!r}: expected a database URI with scheme {', '.join(DB_SCHEMES)} "
             "(e.g. postgresql+psycopg2://user@host:5432/mlflow)"
         )
     if text.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
@@ -325,8 +412,27 @@ def _database(text: str) -> str:
     return text
 
 
+def _password_file(text: str) -> str:
+    """The password in the file ``text`` (its first line); the file must be readable by its
+    owner only, as libpq asks of ~/.pgpass."""
+    path = Path(text)
+    try:
+        mode, lines = path.stat().st_mode, path.read_text().splitlines()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot read it ({error.strerror})") from None
+    if mode & 0o077:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: other users can read it (mode {oct(mode & 0o777)}): chmod 600 {text}"
+        )
+    if not lines or not lines[0]:
+        raise argparse.ArgumentTypeError(f"{text!r}: empty, expected the database's password")
+    return lines[0]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; a bad value exits with status 2 and a message naming its flag."""
+    """The command line; a bad value exits with status 2 and a message naming its flag. The
+    password of ``--db-password-file`` is put into ``db``; a password typed into ``--db``
+    gets a note saying where to keep it instead."""
     state = project_root() / ".server"
     parser = argparse.ArgumentParser(
         prog="python -m harness.server",
@@ -336,7 +442,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--db",
         type=_database,
         help="database URI, e.g. postgresql+psycopg2://user@host/mlflow (default: a local "
-        "PostgreSQL in --data)",
+        "PostgreSQL in --data); its password is best kept out of it (see --db-password-file)",
+    )
+    parser.add_argument(
+        "--db-password-file",
+        dest="db_password",
+        metavar="FILE",
+        type=_password_file,
+        help="a file (mode 0600) holding the password of --db's user",
     )
     parser.add_argument(
         "--data",
@@ -358,7 +471,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--db-port", type=_port, default=5433, help="the local PostgreSQL's port (%(default)s)"
     )
     parser.add_argument("--allowed-hosts", help="Host headers the server accepts (mlflow's flag)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    given = urlsplit(args.db or "")
+    if args.db_password and not given.username:
+        parser.error("argument --db-password-file: needs --db with a user name (user@host)")
+    if args.db_password and given.password is not None:
+        parser.error("argument --db-password-file: --db already has a password; give it once")
+    if args.db_password:
+        args.db = with_password(args.db, args.db_password)
+    elif given.password is not None:
+        print(
+            "Note: a password in --db is on the command line, where every user of this machine "
+            "sees it (ps): keep it in a file given by --db-password-file (mode 0600)",
+            file=sys.stderr,
+        )
+    return args
 
 
 def _announce(server: MlflowServer, backend: str) -> None:
@@ -387,7 +514,7 @@ def serve(args: argparse.Namespace) -> int:
             backend = args.db or stack.enter_context(LocalPostgres(args.data, args.db_port)).uri
             server = MlflowServer(backend, args.artifacts, args.host, args.port, args.allowed_hosts)
             stack.enter_context(server)
-            _announce(server, backend)
+            _announce(server, redact(backend))
             status = server.wait()
             print(f"mlflow server exited ({status}); {server.log}:\n{_tail(server.log)}")
             return 1

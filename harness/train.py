@@ -47,11 +47,14 @@ def record_cohort(
     store: records.Store,
     names: list[str],
     tags: dict[str, str] | None = None,
-) -> list[tuple[records.Recorded, engine.RunResult]]:
+    claim_since: int | None = None,
+) -> list[tuple[records.Recorded, engine.RunResult | None]]:
     """Train ``specs`` (one structure) as one cohort, each run in an MLflow run of its own
     (named ``names[i]``, with ``tags`` besides the usual ones and the data set's splits as
-    its dataset inputs), handing curves to the store as they come. An exception marks every
-    run FAILED (KILLED on Ctrl-C) and propagates."""
+    its dataset inputs), handing curves to the store as they come. With ``claim_since`` (ms:
+    when the sweep planned) the runs are claims on their grid points: a point that another
+    attempt holds is not trained (its Recorded is ``held``, its result None). An exception
+    marks every run FAILED (KILLED on Ctrl-C) and propagates."""
     plan = engine.make_plan(specs[0], problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
@@ -60,13 +63,29 @@ def record_cohort(
     data = problem.data
     run_tags = {records.Tag.SPLIT_DIGEST: data.split_digest, **(tags or {})}
     source = config.as_dict(specs[0])["dataset"]
-    handles = store.start_runs(
+    claims = store.start_runs(
         specs,
         names,
         [records.run_params(spec, derived) for spec in specs],
         [run_tags] * len(specs),
         records.dataset_inputs(data.name, data.split_digest, data.sizes, source),
+        claim_since,
     )
+    mine = [i for i, claim in enumerate(claims) if isinstance(claim, str)]
+    done = iter(train_runs([specs[i] for i in mine], problem, store, [claims[i] for i in mine]))
+    return [
+        next(done) if isinstance(claim, str) else (records.Recorded(claim.run_id, held=True), None)
+        for claim in claims
+    ]
+
+
+def train_runs(
+    specs: list[RunConfig], problem: Problem, store: records.Store, handles: list[str]
+) -> list[tuple[records.Recorded, engine.RunResult]]:
+    """Train the started runs ``handles`` as one cohort and finish their records; an
+    exception marks them FAILED (KILLED on Ctrl-C) and propagates."""
+    if not handles:
+        return []
 
     def sink(chunks, seconds_at):
         store.log_curves(handles, chunks, seconds_at)
@@ -102,6 +121,9 @@ def run(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         run_id, result = train_and_record(spec, problem, store)
+    except records.TrackingError as error:  # its run is ended FAILED where it was created
+        print(f"error: recording the run in MLflow failed: {error}", file=sys.stderr)
+        sys.exit(1)
     finally:
         store.close()
     outcome = f"diverged at step {result.diverged_step}" if result.diverged else "finished"

@@ -14,6 +14,7 @@ import sys
 
 from harness import records
 from harness.config import ConfigError
+from harness.server import redact
 
 TRAINING_VIEW = "workflowType=machine_learning"
 
@@ -52,12 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"MLflow's web app on {uri}; the runs of each study (the model-training view):")
+    print(f"MLflow's web app on {redact(uri)}; the runs of each study (the model-training view):")
     for line in addresses(args.host, port, studies) or ["(no runs yet: run `make sweep` first)"]:
         print(f"  {line}")
     print(f"  all studies: http://{args.host}:{port}/#/experiments?{TRAINING_VIEW}", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    os.execv(sys.executable, [*command, "--host", args.host, "--port", str(port)])
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(port)]
+    # the store (a database URI may hold a password) through the environment, not in ps
+    os.execve(sys.executable, command, {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 if __name__ == "__main__":

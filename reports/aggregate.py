@@ -45,7 +45,10 @@ def band(values: pd.Series, center: str = "median") -> pd.Series:
 
 
 def bands(frame: pd.DataFrame, by: Sequence[str], value: str, center: str = "median"):
-    """One band per group of ``by``: columns ``by`` + n, center, low, high."""
+    """One band per group of ``by``: columns ``by`` + n, center, low, high (no rows for an
+    empty frame)."""
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, "n", "center", "low", "high"])
     grouped = frame.groupby(list(by), dropna=False, sort=True)[value]
     out = grouped.apply(lambda values: band(values, center)).unstack()
     out["n"] = out["n"].astype(int)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.records import Tag
 from reports import aggregate, surfaces, tables
 
 NEAR_BEST = 1.1  # "within 10% of the best loss"
@@ -32,19 +33,21 @@ def _runs_of(frame: pd.DataFrame, optimizer: str, model: str | None = None) -> p
 
 
 def convex_gd(frame: pd.DataFrame) -> Claim:
-    """GD on the linear problem ends at the least-squares minimum (gap below 1%)."""
+    """GD on the linear problem ends at the least-squares minimum (gap below 1%); a run
+    without a final training loss (diverged at step 0) never reached it (an infinite gap)."""
     claim = "On the convex linear problem gradient descent reaches the minimum."
     runs = _runs_of(frame, "gd", "linear")
     if runs.empty:
         return _untestable(claim, "no gradient-descent run on a linear model")
+    finals = aggregate.final_values(runs, "train_loss").set_index("run_id")["final"]
     gaps = []
-    for _, run in runs.groupby("run_id"):
+    for run_id, run in runs.groupby("run_id"):
         spec = surfaces.spec_of(run.iloc[0])
         x, y = surfaces.training_data(spec)
         design = np.column_stack([np.ones(len(x)), x[:, 0]])
         phi, *_ = np.linalg.lstsq(design, y, rcond=None)
         best = surfaces.loss_at(spec, phi)
-        final = run.dropna(subset=["train_loss"])["train_loss"].iloc[-1]
+        final = np.inf if np.isnan(finals[run_id]) else finals[run_id]
         gaps.append((final - best) / best)
     gap = float(np.median(gaps))
     verdict = "supported" if gap < 0.01 else "contradicted"
@@ -77,9 +80,10 @@ def fluctuation(run: pd.DataFrame) -> float:
 
 
 def sgd_noise(frame: pd.DataFrame) -> Claim:
-    """With a constant rate, SGD's loss keeps fluctuating at the end; full-batch GD's does not."""
+    """With a constant rate, SGD's loss keeps fluctuating at the end; full-batch GD's does not.
+    Runs that diverged have no end to measure and are left out."""
     claim = "SGD adds noise and does not converge with a fixed learning rate."
-    constant = frame[frame["schedule.name"] == "constant"]
+    constant = frame[(frame["schedule.name"] == "constant") & ~frame[Tag.DIVERGED]]
     sgd, gd = _runs_of(constant, "sgd"), _runs_of(constant, "gd")
     shared = set(sgd["problem"]) & set(gd["problem"])
     if not shared:
@@ -122,8 +126,9 @@ def nesterov_not_always_better(frame: pd.DataFrame) -> Claim:
 
 
 def normalized_never_settles(frame: pd.DataFrame) -> Claim:
+    """The last step of each normalized-gradient run that did not diverge, in learning rates."""
     claim = "Normalized gradients move at a fixed speed and never settle."
-    runs = _runs_of(frame, "normalized")
+    runs = _runs_of(frame[~frame[Tag.DIVERGED]], "normalized")
     if runs.empty or "phi0" not in runs.columns or runs["phi0"].isna().all():
         return _untestable(claim, "needs normalized-gradient runs on a two-parameter problem")
     ratios = []

@@ -5,7 +5,8 @@ Columns: the run (``run_id``, ``run_name``, ``status``, ``diverged``, ``fingerpr
 ``seed`` an integer, ``optimizer.name`` a string, ...), ``problem`` (``dataset/model``), the
 position (``step``, ``epoch`` where the data has epochs, ``seconds`` since the run started) and
 one column per curve (``train_loss``, ``val_loss``, ``lr``, ...; NaN where a curve has no point
-at that step). The status and divergence flag are on every row.
+at that step or its value was NaN; an infinite value comes back as the largest float, as MLflow
+keeps it). The status and divergence flag are on every row.
 
 A grid point rerun (``force=true``, or after a failure) is represented by its newest FINISHED
 run, else its newest run; the sweeps' parent runs are left out.
@@ -76,15 +77,17 @@ def run_table(tables: records.ExperimentTables) -> pd.DataFrame:
 
 
 def curve_table(tables: records.ExperimentTables, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, step), one column per curve, and ``seconds`` since the run began."""
+    """One row per (run, step), one column per curve, and ``seconds`` since the run began.
+    A point whose values are all NaN (a run that diverged at step 0) is kept as a row."""
     metrics = tables.metrics[
         tables.metrics["run_id"].isin(runs.index) & ~tables.metrics["key"].isin(Summary.ALL)
     ]
-    curves = metrics.pivot_table(index=["run_id", "step"], columns="key", values="value")
+    # not pivot_table: it drops the rows and the columns that are all NaN
+    curves = metrics.groupby(["run_id", "step", "key"])["value"].mean().unstack("key")
     curves.columns.name = None
     stamps = metrics.groupby(["run_id", "step"])["timestamp"].min()
     start = runs["start_time"].reindex(stamps.index.get_level_values("run_id")).to_numpy()
-    curves["seconds"] = (stamps.to_numpy() - start) / 1000.0
+    curves["seconds"] = (stamps - start) / 1000.0
     return curves.reset_index()
 
 

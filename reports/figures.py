@@ -1,5 +1,6 @@
 """The report's figures (seaborn on matplotlib's Agg backend), each a function of the tidy frame
-that returns a Figure; ``save`` writes it as PNG and SVG.
+that returns a Figure, or None where the frame holds nothing it could draw (every run diverged
+at step 0); ``save`` writes it as PNG and SVG.
 
 - ``convergence``: a loss against step (or epoch, or seconds) for each optimizer variant at its
   best learning rate, median over seeds with the interquartile band, log y where positive.
@@ -13,6 +14,7 @@ that returns a Figure; ``save`` writes it as PNG and SVG.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +29,7 @@ from reports import aggregate, surfaces  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 PANEL = (4.8, 3.6)  # inches per facet
+STORED_INFINITY = sys.float_info.max  # an infinite value, as MLflow's stores keep it
 
 
 def save(figure, folder: Path, name: str) -> list[Path]:
@@ -68,9 +71,8 @@ def _band_line(axis, x: pd.Series, curve: pd.DataFrame, label: str, **style) -> 
 
 
 def _problem_panels(table: pd.DataFrame):
-    """A figure with one facet per problem of ``table``, and each facet's (axis, problem,
-    rows), the rows labelled with their ``variant``."""
-    table = table.assign(variant=aggregate.variants(table))
+    """A figure with one facet per problem of ``table`` (its rows labelled with their
+    ``variant``), and each facet's (axis, problem, rows)."""
     problems = sorted(table["problem"].unique())
     figure, axes = _facets(len(problems))
     rows = [table[table["problem"] == problem] for problem in problems]
@@ -84,8 +86,13 @@ def convergence(
     frame: pd.DataFrame, metric: str = "train_loss", x: str = "step", center: str = "median"
 ):
     """One facet per problem: ``metric`` against ``x`` (step, epoch or seconds) per variant
-    at its best rate, with a band over seeds (``center``: median or mean)."""
-    figure, panels = _problem_panels(aggregate.best_runs(frame))
+    at its best rate, with a band over seeds (``center``: median or mean). Problems and variants
+    without a point of ``metric`` are left out; None if no best run has one."""
+    best = aggregate.best_runs(frame)
+    points = best.assign(variant=aggregate.variants(best)).dropna(subset=[metric, x])
+    if points.empty:
+        return None
+    figure, panels = _problem_panels(points)
     for axis, problem, part in panels:
         curves = aggregate.curve_bands(part, ["variant"], metric, x, center)
         for variant, curve in curves.groupby("variant"):
@@ -99,7 +106,8 @@ def convergence(
 def sensitivity(frame: pd.DataFrame, center: str = "median"):
     """One facet per problem: final selection loss against the learning rate per variant,
     with a band over seeds (``center``: median or mean)."""
-    figure, panels = _problem_panels(aggregate.selection_finals(frame))
+    finals = aggregate.selection_finals(frame)
+    figure, panels = _problem_panels(finals.assign(variant=aggregate.variants(finals)))
     for axis, problem, part in panels:
         finite = part[np.isfinite(part["score"])]
         lost = part[~np.isfinite(part["score"])]
@@ -133,16 +141,21 @@ def sensitivity(frame: pd.DataFrame, center: str = "median"):
 
 def landscape(frame: pd.DataFrame, problem: str, resolution: int = 120):
     """The loss surface of a two-parameter problem over the book's range, one facet per
-    variant, each with its runs' trajectories (start: circle, end: cross)."""
+    variant, each with its runs' trajectories (start: circle, end: cross) where the
+    coordinates are finite. Only the points before a run diverged count for the range and the
+    facets; None without any such point."""
     part = frame[(frame["problem"] == problem) & frame["phi0"].notna()]
     part = part.assign(variant=aggregate.variants(part))
-    first = part.drop_duplicates("run_id").iloc[0]
-    spec = surfaces.spec_of(first)
-    (low0, high0), (low1, high1) = surfaces.plot_range(spec, part)
+    part = part[part[["phi0", "phi1"]].abs().lt(STORED_INFINITY).all(axis=1)]
+    healthy = part[part["diverged_step"].isna() | (part["step"] < part["diverged_step"])]
+    if healthy.empty:
+        return None
+    spec = surfaces.spec_of(healthy.iloc[0])
+    (low0, high0), (low1, high1) = surfaces.plot_range(spec, healthy)
     phi0 = np.linspace(low0, high0, resolution)
     phi1 = np.linspace(low1, high1, resolution)
     loss = surfaces.loss_grid(spec, phi0, phi1)
-    variants = sorted(part["variant"].unique())
+    variants = sorted(healthy["variant"].unique())
     figure, axes = _facets(len(variants))
     levels = np.quantile(loss[np.isfinite(loss)], np.linspace(0, 1, 25))
     for axis, variant in zip(axes, variants, strict=True):

@@ -1,7 +1,9 @@
 """``python -m reports <study>`` (``make report EXP=<study>``): collect the study's runs, draw
 the figures that apply, write the comparison table, render ``index.html`` into
-``outputs/reports/<study>/`` and log the folder to MLflow as the artifacts of the study's
-``report`` run, so it opens from the UI too.
+``outputs/reports/<study>/`` (the name made safe by ``harness.paths.folder_name``) and log the
+folder to MLflow as the artifacts of the study's ``report`` run, so it opens from the UI too.
+The report is made of whatever runs the study holds: a run that diverged at step 0 is counted
+in the table as diverged, and a figure leaves out what has no curve.
 
 Figures that apply: convergence of the training loss (and of the validation loss where there
 is one); learning-rate sensitivity where a variant was run at several rates; the loss
@@ -19,7 +21,7 @@ import pandas as pd
 
 from harness import records, studies
 from harness.config import ConfigError
-from harness.paths import project_root
+from harness.paths import folder_name, project_root
 from reports import aggregate, claims, figures, render, tables
 from reports.collect import collect
 
@@ -122,8 +124,10 @@ def build(uri: str | None, study: str, out: Path, center: str = "median") -> Pat
         raise ConfigError("study", study, "has no finished runs yet: run `make sweep` first")
     drawn = []
     for name, title, caption, draw in plan_figures(finished, center):
-        figures.save(draw(), out, name)
-        drawn.append(render.Figure(name, title, caption))
+        figure = draw()
+        if figure is not None:  # None: nothing to draw (every run diverged at step 0)
+            figures.save(figure, out, name)
+            drawn.append(render.Figure(name, title, caption))
     table = tables.comparison(finished)
     tables.write(table, out)
     runs = frame.drop_duplicates("run_id")
@@ -144,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n")[0])
     parser.add_argument("study", help="the study (its MLflow experiment)")
     parser.add_argument("--uri", help="tracking URI (default: as the runs, mlflow.db)")
-    parser.add_argument("--out", type=Path, help="output folder (outputs/reports/<study>)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (outputs/reports/<study>, made a safe name)"
+    )
     parser.add_argument(
         "--center",
         choices=("median", "mean"),
@@ -153,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        index = build(args.uri, args.study, args.out or OUTPUT / args.study, args.center)
+        out = args.out or OUTPUT / folder_name(args.study)
+        index = build(args.uri, args.study, out, args.center)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

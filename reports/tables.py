@@ -38,7 +38,9 @@ def median_iqr(values: pd.Series) -> str:
 
 def steps_to_target(runs: pd.DataFrame, target: float) -> float:
     """Median over runs of the first step with train_loss <= target (inf for a run that never
-    gets there); NaN without runs."""
+    gets there); NaN without runs or without a target (no variant has a final loss)."""
+    if np.isnan(target):
+        return np.nan
     firsts = []
     for _, run in runs.groupby("run_id"):
         reached = run.loc[run["train_loss"] <= target, "step"]

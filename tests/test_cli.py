@@ -49,7 +49,7 @@ BAD_INPUTS = [
     (["optimizer=sgd", "trainer.batch_size=0"], "trainer.batch_size=0"),
     (["optimizer=sgd", "trainer.batch_size=31"], "at most the training split's 30 points"),
     (["trainer.steps=0"], "trainer.steps=0"),
-    (["trainer.epochs=5"], "exactly one of trainer.steps and trainer.epochs"),
+    (["trainer.steps=10", "trainer.epochs=5"], "set one of trainer.steps and trainer.epochs"),
     (["trainer.device=tpu"], "trainer.device='tpu'"),
     (["trainer.device=cuda:7"], "CUDA devices"),
     (["trainer.dtype=float16"], "trainer.dtype"),
@@ -175,3 +175,58 @@ def test_the_module_runs_as_a_program(tmp_path, store_uri):
         "error: optimizer.beta=2.0 is not allowed: expected a value in [0, 1)"
     ]
     assert len(runs_in(store_uri, "cli")) == 1
+
+
+APP = """import hydra
+{imports}
+
+@hydra.main(version_base=None, config_path={config_path!r}, config_name="config")
+def mine(cfg):
+    print("my task ran")
+
+
+mine()
+"""
+
+
+def run_app(folder, config_path: str, *args: str, imports: str = "") -> subprocess.CompletedProcess:
+    """A Hydra app of its own in ``folder`` (task ``mine``), run as a multirun there."""
+    (folder / "app.py").write_text(APP.format(imports=imports, config_path=config_path))
+    return subprocess.run(
+        [sys.executable, "app.py", "--multirun", *args],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_the_harness_launcher_under_another_apps_config_stops_with_one_line(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        "defaults:\n  - override hydra/launcher: harness\n  - _self_\nx: 1\n"
+    )
+    done = run_app(tmp_path, "conf", "x=1,2", f"hydra.sweep.dir={tmp_path}/m")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: hydra/launcher='harness' is not allowed: it runs only harness.train's task on "
+        f"the harness's config ({ROOT / 'conf'}); this app's config is {tmp_path / 'conf'}: "
+        "choose another launcher (e.g. hydra/launcher=basic)"
+    ]
+    assert "my task ran" not in done.stdout and not list(tmp_path.rglob("*.db"))
+
+
+def test_the_harness_launcher_refuses_a_task_that_is_not_the_harnesss(tmp_path, store_uri):
+    """The harness's config with a task of the app's own: the launcher would never call it."""
+    imports = "import harness.train  # noqa: F401 (registers the config's schemas)"
+    done = run_app(
+        tmp_path, str(ROOT / "conf"), "seed=1,2", f"tracking.uri={store_uri}", imports=imports
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: hydra/launcher='harness' is not allowed: it runs only")
+    assert line.endswith(
+        "this app's task is mine: choose another launcher (e.g. hydra/launcher=basic)"
+    )
+    assert runs_in(store_uri) == [] and runs_in(store_uri, "lecture") == []

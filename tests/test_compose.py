@@ -23,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import config, studies
 from harness.compose import Composer, grid_jobs
+from harness.config import ConfigError
+from harness.sweep.points import compose_points
+from harness.sweep.summary import Timing
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SAMPLE = 8  # jobs per study in the default test, evenly spaced
@@ -244,3 +247,22 @@ def test_the_harness_sweeper_validates_with_the_composer_unless_the_launcher_doe
         sweeper = hydra_sweeper(loader, master_config(loader))  # the harness launcher
         assert sweeper.launcher.validates_jobs
         sweeper.validate_batch_is_legal(batch)
+
+
+def test_a_sweep_validates_each_point_as_it_is_composed():
+    """The first bad point stops the sweep before the rest of a large grid is composed."""
+
+    class CountingComposer(Composer):
+        made = 0
+
+        def job(self, index, overrides):
+            CountingComposer.made += 1
+            return super().job(index, overrides)
+
+    grid = [["seed=0"], ["optimizer.lr=-1"]] + [[f"seed={s}"] for s in range(1, 2000)]
+    with hydra_loader() as loader:
+        composer = CountingComposer(loader, master_config(loader))
+        with pytest.raises(ConfigError, match="optimizer.lr=-1.0") as refused:
+            compose_points(grid, 0, composer, Timing())
+    assert refused.value.__notes__ == ["in grid point #1: optimizer.lr=-1"]
+    assert CountingComposer.made == 2

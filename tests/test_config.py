@@ -1,14 +1,17 @@
 """Every option of every config group has one registry entry, composes into a valid spec
-and trains."""
+and trains; values that cannot be trained (numbers not finite, keys added with ``+``, two
+budgets, absurd sizes) are refused when the config is validated, by both entry points."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import ROOT, compose_spec
+from conftest import ROOT, compose_spec, runs_in
 from test_problems import write_mnist
 
 from harness import config, engine, registry
+from harness.config import ConfigError
+from harness.sweep import cli as sweep_cli
 
 GROUPS = ("dataset", "model", "loss", "optimizer", "schedule")
 GROUP_OPTIONS = sorted(
@@ -68,3 +71,110 @@ def test_params_flatten_with_dotted_names():
     flat = config.flatten(config.as_dict(compose_spec("optimizer=adam")))
     assert flat["optimizer.lr"] == 0.001 and flat["optimizer.gamma"] == 0.999
     assert flat["trainer.dtype"] == "float64" and flat["seed"] == 0
+
+
+NOT_FINITE = [
+    (["optimizer.lr=inf"], "optimizer.lr"),
+    (["optimizer=adam", "optimizer.eps=inf"], "optimizer.eps"),
+    (["loss.scale=inf"], "loss.scale"),
+    (["model.init=[nan,1.0]"], "model.init"),
+    (["model.init=[inf,1.0]"], "model.init"),
+    (["dataset=none", "model=rosenbrock", "loss=surface", "model.a=nan"], "model.a"),
+    (["dataset=regression1d", "model=linear", "dataset.noise=inf"], "dataset.noise"),
+    (["optimizer=torch", "optimizer.lr=inf"], "optimizer.lr"),
+    (["optimizer=torch", "+optimizer.kwargs.eps=inf"], "optimizer.kwargs.eps"),
+    (["optimizer=torch", "+optimizer.kwargs.betas=[0.9,nan]"], "optimizer.kwargs.betas"),
+    (["trainer.divergence_factor=inf"], "trainer.divergence_factor"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), NOT_FINITE, ids=[" ".join(o) for o, _ in NOT_FINITE])
+def test_numbers_that_are_not_finite_are_refused(overrides, key):
+    with pytest.raises(ConfigError, match="expected a finite number") as error:
+        compose_spec(*overrides)
+    assert error.value.key == key
+
+
+ADDED_KEYS = [
+    (["+optimizer.learning_rate=0.1"], "optimizer.learning_rate", "optimizer gd takes lr"),
+    (["optimizer=adam", "+optimizer.alpha=0.1"], "optimizer.alpha", "lr, beta, gamma, eps"),
+    (["optimizer=torch", "+optimizer.alpha=0.9"], "optimizer.alpha", "class_name, kwargs"),
+    (["+trainer.epoch=3"], "trainer.epoch", "trainer takes steps, epochs"),
+    (["+model.envelop=32"], "model.envelop", "model gabor takes init, envelope"),
+    (["+sed=1"], "sed", "the run takes dataset, model"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"), ADDED_KEYS, ids=[" ".join(o) for o, *_ in ADDED_KEYS]
+)
+def test_keys_added_with_plus_are_refused_outside_free_form_dictionaries(overrides, key, allowed):
+    with pytest.raises(ConfigError, match=allowed) as error:
+        compose_spec(*overrides)
+    assert error.value.key == key
+
+
+def test_a_torch_optimizers_kwargs_take_added_keys():
+    spec = compose_spec("optimizer=torch", "+optimizer.kwargs.weight_decay=0.1")
+    assert spec.optimizer.kwargs == {"weight_decay": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "budget"),
+    [
+        ([], (100, None)),
+        (["trainer.steps=7"], (7, None)),
+        (["trainer.epochs=30"], (None, 30)),
+        (["trainer.steps=null", "trainer.epochs=30"], (None, 30)),
+        (["trainer.steps=null"], (100, None)),
+    ],
+)
+def test_one_of_steps_and_epochs_is_enough_and_100_steps_the_default(overrides, budget):
+    trainer = compose_spec(*overrides).trainer
+    assert (trainer.steps, trainer.epochs) == budget
+
+
+def test_both_steps_and_epochs_are_refused():
+    with pytest.raises(ConfigError, match="set one of trainer.steps and trainer.epochs"):
+        compose_spec("trainer.steps=100", "trainer.epochs=30")
+
+
+def test_the_default_budget_is_fingerprinted_as_an_explicit_100_steps():
+    explicit = compose_spec("trainer.steps=100", "trainer.epochs=null")
+    assert config.fingerprint(compose_spec()) == config.fingerprint(explicit)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["dataset.size=100000000000"], "dataset.size*features"),
+        (["dataset.features=100000000"], "dataset.size*features"),
+        (["dataset.classes=100000000000"], "dataset.classes"),
+    ],
+)
+def test_absurd_generated_sets_are_refused(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        compose_spec("dataset=blobs", "model=softmax", "loss=cross_entropy", *overrides)
+    assert error.value.key == key
+
+
+def run_sweep(*args: str) -> int:
+    """``python -m harness.sweep`` in this process; returns its exit status."""
+    try:
+        sweep_cli.main(list(args))
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=inf", "+optimizer.learning_rate=0.1"])
+def test_both_entry_points_refuse_in_one_line_before_any_run(
+    override, run_cli, store_uri, tmp_path, capsys
+):
+    code, _, err = run_cli(override)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: optimizer.")
+    sweep = [f"tracking.uri={store_uri}", f"hydra.sweep.dir={tmp_path}/m", override]
+    assert run_sweep("smoke", *sweep) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: optimizer.")
+    assert runs_in(store_uri) == runs_in(store_uri, "smoke") == []

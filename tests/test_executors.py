@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, assert_same_records, point_records
 from mlflow.tracking import MlflowClient
 
-from harness import executors, pool, records
+from harness import executors, owners, records
 from harness.config import ConfigError
 from harness.sweep.settings import RaySettings, SlurmSettings, parse
 
@@ -108,16 +108,44 @@ def test_a_bad_executor_on_the_command_line_stops_the_sweep_before_any_run(tmp_p
     assert not store.exists()
 
 
+def test_more_local_workers_than_cores_are_capped_to_the_cores_with_a_warning(capsys):
+    cores = executors.cpu_cores()
+    many = parse({"n_jobs": cores + 14})
+    executors.check(many)
+    assert many.n_jobs == cores
+    assert capsys.readouterr().err == (
+        f"warning: hydra.launcher.n_jobs={cores + 14} is more than the {cores} CPU cores "
+        f"here: capped to {cores}\n"
+    )
+    enough = parse({"n_jobs": cores})
+    executors.check(enough)
+    assert enough.n_jobs == cores and capsys.readouterr().err == ""
+
+
+def test_a_sweep_asking_for_more_workers_than_cores_runs_on_the_cores(tmp_path):
+    cores = executors.cpu_cores()
+    done = sweep(
+        "smoke",
+        f"hydra.launcher.n_jobs={cores + 30}",
+        f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "seed=0",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(f"capped to {cores}") == 1
+    assert f"on {cores} CPU worker(s)" in done.stdout
+
+
 def test_the_owner_of_a_run_in_a_slurm_job_names_the_job(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    token = pool.owner_token()
+    token = owners.owner_token()
     assert token.endswith("@slurm:4242")
-    assert pool.is_alive(token)
+    assert owners.is_alive(token)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    assert not pool.is_alive(pool.owner_token(dead.pid))
+    assert not owners.is_alive(owners.owner_token(dead.pid))
     elsewhere = f"{socket.gethostname()}-node7:12:34@slurm:4242"
-    assert pool.is_alive(elsewhere)  # no squeue here: nothing proves it gone
+    assert owners.is_alive(elsewhere)  # no squeue here: nothing proves it gone
 
 
 # ----------------------------------------------------------------------------- engines

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness import optim
+from harness.config import ConfigError
 from harness.models import RosenbrockSurface
 
 ROSENBROCK = RosenbrockSurface(1.0, 100.0)
@@ -215,3 +216,28 @@ def test_torch_passthrough_takes_torch_steps():
     ours, _ = run_rule(rule, hyper(lr=1e-3), START, STEPS)
     theirs = run_torch(torch.optim.RMSprop, START, STEPS, lr=1e-3, alpha=0.9)
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "kwargs", "key", "message"),
+    [
+        ("Optimizer", {}, "optimizer.class_name", "expected a torch.optim optimizer: "),
+        ("SparseAdam", {}, "optimizer.class_name", "takes sparse gradients only"),
+        ("LBFGS", {}, "optimizer.class_name", "use gd_linesearch"),
+        ("Adam", {"betas": [0.9, 1.5]}, "optimizer.kwargs", "Invalid beta parameter"),
+        ("SGD", {"momentum": -1.0}, "optimizer.kwargs", "Invalid momentum value"),
+        ("AdamW", {"weight_decay": "lots"}, "optimizer.kwargs", "AdamW refuses them"),
+    ],
+)
+def test_a_torch_optimizer_that_cannot_train_is_refused(class_name, kwargs, key, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        optim.torch_optimizer(class_name, kwargs, lr=1e-3)
+    assert error.value.key == key
+
+
+def test_every_usable_torch_optimizer_takes_finite_steps():
+    names = optim.torch_optimizers().keys() - optim.UNUSABLE_TORCH_OPTIMIZERS.keys()
+    assert {"SGD", "Adam", "AdamW", "RMSprop"} <= names and "Optimizer" not in names
+    for name in sorted(names):
+        path, _ = run_rule(optim.torch_optimizer(name, {}, lr=1e-3), hyper(lr=1e-3), START, 3)
+        assert torch.isfinite(path).all() and not torch.equal(path[-1], path[0]), name

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import compose_spec
+from conftest import ROOT, compose_spec
 
 from harness import data, problem
 from harness.config import ConfigError
@@ -149,10 +149,65 @@ def test_missing_idx_files_say_how_to_get_them(tmp_path):
         data.load(compose_spec("dataset=fashion_mnist", f"dataset.root={tmp_path}").dataset)
 
 
-def test_a_corrupt_idx_file_is_refused(tmp_path):
-    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab")
-    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
-        data.read_idx(tmp_path / "bad")
+def _cut(path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+CORRUPT_IDX = {  # how each test spoils a good set, and the file the refusal names
+    "empty": (lambda root: _cut(root / "train-labels-idx1-ubyte", 0), "train-labels"),
+    "other type": (
+        lambda root: (root / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x0d\1\0\0\0\2ab"),
+        "t10k-labels",
+    ),
+    "truncated": (lambda root: _cut(root / "train-images-idx3-ubyte", 1000), "train-images"),
+    "labels for images": (
+        lambda root: write_idx(root / "train-labels-idx1-ubyte", np.zeros((40, 28, 28))),
+        "train-labels",
+    ),
+    "fewer labels": (
+        lambda root: write_idx(root / "t10k-labels-idx1-ubyte", np.arange(9)),
+        "t10k-labels",
+    ),
+}
+
+
+@pytest.mark.parametrize("spoil", CORRUPT_IDX)
+def test_a_corrupt_idx_file_is_refused_by_name(tmp_path, spoil):
+    write_mnist(tmp_path)
+    damage, name = CORRUPT_IDX[spoil]
+    damage(tmp_path)
+    with pytest.raises(ConfigError, match=f"dataset='mnist' is not allowed: .*{name}"):
+        data.load(compose_spec("dataset=mnist", f"dataset.root={tmp_path}").dataset)
+
+
+def test_a_truncated_gzipped_idx_file_is_refused_by_name(tmp_path):
+    write_mnist(tmp_path, gz=True)
+    _cut(tmp_path / "train-images-idx3-ubyte.gz", 2000)
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte.gz cannot be read"):
+        data.load(compose_spec("dataset=mnist", f"dataset.root={tmp_path}").dataset)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("x,y\n1,2\nnan,3\n", 3),
+        ("x,y\n1,2\n\n3,inf\n", 4),
+        ("x,y\n1,2\n3,-Infinity\n", 3),
+        ("x,y\n1,2\n3,two\n", 3),
+        ("x,y\n1,2\n3\n", 3),
+    ],
+)
+def test_a_csv_value_that_is_not_a_finite_number_is_refused_with_its_line(tmp_path, text, line):
+    path = tmp_path / "toy.csv"
+    path.write_text(text)
+    with pytest.raises(data.DataFileError, match=f"{path} line {line}: expected finite numbers"):
+        data.read_csv(path)
+
+
+@pytest.mark.parametrize("name", ["udl_linear_toy.csv", "udl_gabor_toy.csv"])
+def test_the_toy_files_read_as_numpy_reads_them(name):
+    path = ROOT / "harness" / "toydata" / name
+    np.testing.assert_array_equal(data.read_csv(path), np.loadtxt(path, delimiter=",", skiprows=1))
 
 
 # --------------------------------------------------------------------- gradients

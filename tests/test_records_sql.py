@@ -10,7 +10,8 @@ import pytest
 from conftest import compose_spec, metric_rows, record_cohort, runs_in
 from mlflow.store.db.utils import _get_latest_schema_revision
 
-from harness import records, train
+from harness import engine, records, train
+from harness import problem as problem_module
 from harness.config import ConfigError
 from harness.records.backends import sql
 
@@ -198,3 +199,27 @@ def test_a_run_whose_final_write_fails_is_not_left_running(store_uri, monkeypatc
     (recorded,) = store.finish_runs([handle], [result])
     assert "database is locked" in recorded.error
     assert runs_in(store_uri)[0].info.status == "FAILED"
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["direct", "client"])
+def test_long_values_and_repeated_points_are_kept_as_mlflows_client_keeps_them(store_uri, bulk):
+    """A param over 6 000 characters is cut to 6 000 (on PostgreSQL a longer one failed the
+    whole cohort's creation); a metric point given twice in one batch is written once (it
+    aborted the whole transaction)."""
+    spec = compose_spec(f"tracking.uri={store_uri}", "trainer.steps=5")
+    store = records.Store(store_uri, "limits", bulk=bulk)
+    try:
+        params = {**records.run_params(spec), "long": "p" * 7000}
+        (handle,) = store.start_runs([spec], ["long"], [params], [{}])
+        twice = {"train_loss": ([0, 1, 1], [3.0, 2.0, 2.0])}
+        store.log_curves([handle], [twice], {0: 0.0, 1: 0.0})
+        result = engine.train_cohort([spec], problem_module.build(spec), lambda *_: None)[0]
+        (recorded,) = store.finish_runs([handle], [result])
+    finally:
+        store.close()
+    assert recorded.error is None, recorded.error
+    (run,) = runs_in(store_uri, "limits")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["long"] == "p" * 6000
+    rows = metric_rows(store_uri, run.info.run_id)["train_loss"]
+    assert [(step, value) for step, value, _ in rows] == [(0, 3.0), (1, 2.0)]

@@ -127,3 +127,10 @@ def test_when_every_rate_diverged_the_smaller_rate_is_reported_with_its_divergen
     )
     (row,) = aggregate.best_learning_rates(frame).to_dict("records")
     assert row["optimizer.lr"] == 0.5 and row["score"] == np.inf and row["diverged"] == 1
+
+
+def test_a_curve_without_points_has_no_bands():
+    lost = tidy_frame([{"optimizer.name": "sgd", "curve": [{"step": 0, "train_loss": np.nan}]}])
+    bands = aggregate.curve_bands(lost, ["optimizer.name"], "train_loss")
+    assert bands.empty
+    assert list(bands.columns) == ["optimizer.name", "step", "n", "center", "low", "high"]

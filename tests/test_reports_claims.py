@@ -110,3 +110,29 @@ def test_sgd_noise_compares_the_end_of_the_curves():
         **{"optimizer.name": frame["optimizer.name"].map({"gd": "sgd", "sgd": "gd"})}
     )
     assert claims.sgd_noise(swapped).verdict == "contradicted"
+
+
+def diverged_at_step_0(optimizer: str) -> dict:
+    """A run whose only point is step 0, where its loss and parameters are already lost."""
+    lost = {"step": 0, "train_loss": np.nan, "phi0": np.inf, "phi1": np.inf}
+    return {**LINEAR, "optimizer.name": optimizer, "optimizer.lr": 0.5, "diverged": True,
+            "curve": [lost]}  # fmt: skip
+
+
+def test_claims_measure_a_frame_with_runs_diverged_at_step_0():
+    found = claims.convex_gd(tidy_frame([diverged_at_step_0("gd")]))
+    assert found.verdict == "contradicted" and "inf% above" in found.measured
+    path = [{"step": s, "phi0": 0.1 * s, "phi1": 0.0, "train_loss": 1.0} for s in range(3)]
+    normalized = {**LINEAR, "optimizer.name": "normalized", "optimizer.lr": 0.1, "curve": path}
+    frame = tidy_frame([normalized, diverged_at_step_0("normalized")])
+    assert claims.normalized_never_settles(frame).verdict == "supported"
+    steady = [{"step": s, "train_loss": 1.0 + 1e-6 * s} for s in range(40)]
+    noisy = [{"step": s, "train_loss": 1.0 + 0.2 * (s % 2)} for s in range(40)]
+    frame = tidy_frame(
+        [
+            {**LINEAR, "optimizer.name": "gd", "optimizer.lr": 0.1, "curve": steady},
+            {**LINEAR, "optimizer.name": "sgd", "optimizer.lr": 0.1, "curve": noisy},
+            diverged_at_step_0("gd"),
+        ]
+    )
+    assert claims.sgd_noise(frame).verdict == "supported"

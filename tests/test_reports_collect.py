@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pandas as pd
 import pytest
@@ -24,13 +25,17 @@ def run_sweep(tmp_path, uri: str, *args: str) -> int:
 @pytest.fixture(scope="module")
 def smoke_store(tmp_path_factory, migrated_store) -> str:
     """The smoke study, its sgd points swept again with force=true (newer runs), and a
-    point that fails (torch's SGD refuses nesterov without momentum when training starts)."""
+    point that fails (torch's SGD with ``differentiable`` fails at its first step)."""
     tmp_path = tmp_path_factory.mktemp("smoke")
     shutil.copy(migrated_store, tmp_path / "mlflow.db")
     store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(tmp_path, store_uri) == 0
     assert run_sweep(tmp_path, store_uri, "optimizer=sgd", "force=true") == 0
-    failing = ["optimizer=torch", "optimizer.class_name=SGD", "+optimizer.kwargs.nesterov=true"]
+    failing = [
+        "optimizer=torch",
+        "optimizer.class_name=SGD",
+        "+optimizer.kwargs.differentiable=true",
+    ]
     assert run_sweep(tmp_path, store_uri, *failing, "seed=0") == 1
     return store_uri
 
@@ -96,3 +101,14 @@ def test_params_are_typed_by_column(values, expected):
     assert [None if pd.isna(v) else v for v in column] == expected
     if expected == [1, 2, None]:
         assert str(column.dtype) == "Int64"
+
+
+def test_a_run_diverged_at_step_0_keeps_its_point_with_nan_and_infinities(run_cli, store_uri):
+    """Rosenbrock from (1e200, 1e200) in float32 starts at infinity: the loss is NaN there;
+    the infinite parameters come back as the largest float, as MLflow keeps them."""
+    start = ["model=rosenbrock", "dataset=none", "loss=surface", "trainer.dtype=float32"]
+    code, out, _ = run_cli("tracking.experiment=lost", *start, "model.init=[1e200,1e200]")
+    assert code == 0 and "diverged at step 0" in out
+    (point,) = collect(store_uri, "lost").to_dict("records")
+    assert point["step"] == 0 and point["diverged"] and point["diverged_step"] == 0
+    assert pd.isna(point["train_loss"]) and point["phi0"] == point["phi1"] == sys.float_info.max

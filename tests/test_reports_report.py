@@ -1,5 +1,6 @@
-"""`make report` end to end on a real smoke sweep, the report run in MLflow, escaping, and the
-clear messages for an unknown study and a study without finished runs."""
+"""`make report` end to end on a real smoke sweep, the report run in MLflow, escaping, the
+clear messages for an unknown study and a study without finished runs, studies whose runs
+diverged at step 0, and the output folder's safe name."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import ROOT, runs_in
 
+from harness import paths, train
 from harness.sweep import cli
-from reports import claims, render, report
+from reports import claims, figures, render, report
+from reports.collect import collect
 
 CHROMIUM = shutil.which("chromium")
 
@@ -129,7 +133,11 @@ def test_the_page_escapes_names_and_values(tmp_path):
 
 
 def test_an_unknown_study_and_one_without_finished_runs_get_a_message(tmp_path, store_uri, capsys):
-    failing = ["optimizer=torch", "optimizer.class_name=SGD", "+optimizer.kwargs.nesterov=true"]
+    failing = [
+        "optimizer=torch",
+        "optimizer.class_name=SGD",
+        "+optimizer.kwargs.differentiable=true",
+    ]
     assert run_sweep(tmp_path, store_uri, *failing, "seed=0") == 1
     for study, message in [
         ("nope", "error: study='nope' is not allowed: no experiment of that name"),
@@ -142,3 +150,99 @@ def test_an_unknown_study_and_one_without_finished_runs_get_a_message(tmp_path, 
             code = exit_.code
         assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+ROSENBROCK = ["model=rosenbrock", "dataset=none", "loss=surface", "trainer.dtype=float32"]
+AT_INFINITY = "model.init=[1e200,1e200]"  # inf in float32: a NaN loss at step 0
+
+
+def report_code(study: str, uri: str, *args: str) -> int:
+    try:
+        report.main([study, "--uri", uri, *args])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def diverged_store(tmp_path_factory, migrated_store) -> str:
+    """Study ``lost``: two rates whose runs both diverge at step 0. Study ``mixed``: Adam at
+    two rates that train and one that diverges at step 0, momentum (a variant) diverged at
+    step 0, and a problem (adam_demo) whose only run starts at infinity."""
+    folder = tmp_path_factory.mktemp("diverged")
+    shutil.copy(migrated_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    runs = [
+        ("lost", "optimizer.lr=0.1", *ROSENBROCK, AT_INFINITY),
+        ("lost", "optimizer.lr=0.2", *ROSENBROCK, AT_INFINITY),
+        ("mixed", "optimizer=adam", "optimizer.lr=0.05", *ROSENBROCK),
+        ("mixed", "optimizer=adam", "optimizer.lr=0.1", *ROSENBROCK),
+        ("mixed", "optimizer=adam", "optimizer.lr=0.2", *ROSENBROCK, AT_INFINITY),
+        ("mixed", "optimizer=momentum", "optimizer.lr=0.1", *ROSENBROCK, AT_INFINITY),
+        ("mixed", "model=adam_demo", "dataset=none", "loss=surface", "trainer.dtype=float32",
+         AT_INFINITY),
+    ]  # fmt: skip
+    for study, *overrides in runs:
+        argv = ["harness.train", f"tracking.uri={uri}", f"tracking.experiment={study}"]
+        old, sys.argv = sys.argv, [*argv, f"hydra.run.dir={folder}/hydra", *overrides]
+        try:
+            train.main()
+        finally:
+            sys.argv = old
+    return uri
+
+
+def test_a_study_whose_every_run_diverged_at_step_0_is_reported(diverged_store, tmp_path):
+    assert report_code("lost", diverged_store, "--out", str(tmp_path / "r")) == 0
+    table = pd.read_csv(tmp_path / "r" / "comparison.csv")
+    assert table[["optimizer", "diverged", "final train_loss"]].values.tolist() == [
+        ["gd", 1.0, "-"]
+    ]
+    assert sorted(p.stem for p in (tmp_path / "r").glob("*.png")) == ["sensitivity"]
+    assert "2 runs (2 FINISHED), 2 diverged" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_runs_diverged_at_step_0_among_others_are_counted_and_left_out_of_curves(
+    diverged_store, tmp_path
+):
+    assert report_code("mixed", diverged_store, "--out", str(tmp_path / "r")) == 0
+    table = pd.read_csv(tmp_path / "r" / "comparison.csv").set_index(["problem", "optimizer"])
+    assert table.loc[("none/rosenbrock", "adam"), "diverged"] == pytest.approx(1 / 3)
+    assert table.loc[
+        ("none/rosenbrock", "momentum"), ["diverged", "final train_loss"]
+    ].tolist() == [
+        1.0,
+        "-",
+    ]
+    assert table.loc[("none/adam_demo", "gd"), "diverged"] == 1.0
+    pngs = {p.stem for p in (tmp_path / "r").glob("*.png")}
+    assert {"convergence_train", "sensitivity", "landscape_none_rosenbrock"} <= pngs
+    assert "landscape_none_adam_demo" not in pngs  # its only run starts at infinity
+    frame = collect(diverged_store, "mixed")
+    finished = frame[frame["status"] == "FINISHED"]
+    axis = figures.convergence(finished).axes[-1]
+    assert axis.get_title() == "none/rosenbrock"
+    assert [line.get_label() for line in axis.get_lines()] == ["adam"]  # momentum: no curve
+    landscape = figures.landscape(finished, "none/rosenbrock")
+    assert [a.get_title() for a in landscape.axes if a.get_title()] == ["adam"]
+    assert figures.landscape(finished, "none/adam_demo") is None
+
+
+def test_the_output_folder_is_the_study_name_made_safe(tmp_path, store_uri, run_cli, monkeypatch):
+    """The study is looked up by its own name; the folder stays inside outputs/reports/."""
+    output = tmp_path / "a" / "b" / "reports"
+    monkeypatch.setattr(report, "OUTPUT", output)
+    for study in (f"{tmp_path}/abs", "../../up"):
+        assert run_cli(f"tracking.experiment={study}", "trainer.steps=5")[0] == 0
+        assert report_code(study, store_uri) == 0
+    absolute = f"{tmp_path}/abs".replace("/", "_")  # pytest's tmp_path has no other odd character
+    assert sorted(p.name for p in output.iterdir()) == sorted(["__.._up", absolute])
+    assert all((folder / "index.html").is_file() for folder in output.iterdir())
+    assert not (tmp_path / "abs").exists() and not (tmp_path / "a" / "up").exists()
+
+
+def test_folder_names_keep_letters_digits_dots_dashes_and_underscores():
+    names = ["lr_sensitivity", "a b'c", "/abs/path", "../../x", "..", ".", ".hidden", "v1.2-b"]
+    assert [paths.folder_name(n) for n in names] == [
+        "lr_sensitivity", "a_b_c", "_abs_path", "__.._x", "_", "_", "_hidden", "v1.2-b"
+    ]  # fmt: skip

@@ -80,3 +80,8 @@ def test_markdown_and_html_escape_what_they_show(tmp_path):
     paths = tables.write(table, tmp_path)
     assert [p.suffix for p in paths] == [".md", ".csv", ".html"]
     assert pd.read_csv(paths[1])["optimizer"].tolist() == table["optimizer"].tolist()
+
+
+def test_without_a_target_there_are_no_steps_to_it():
+    runs = frame_of([{"lr": 0.1, "train": [np.nan]}])
+    assert np.isnan(tables.steps_to_target(runs, np.nan))

@@ -3,22 +3,30 @@ into and the reports read from exactly as from a sqlite store."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from harness import records
 from harness.records.backends import client as client_backend
+from harness.server import SUPERUSER, LocalPostgres, postgres_bindir
 
 pytestmark = pytest.mark.cluster
 
@@ -154,6 +162,7 @@ def test_metric_histories_are_complete_when_answers_are_cut(postgres_server, mon
         ("--db-port", "0"),
         ("--db", "file:///tmp/x"),
         ("--host", " "),
+        ("--db-password-file", "/nonexistent/password"),
     ],
 )
 def test_the_command_line_refuses_bad_values(flag, value):
@@ -161,3 +170,161 @@ def test_the_command_line_refuses_bad_values(flag, value):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert flag in done.stderr and repr(value) in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "db", "complaint"),
+    [
+        ("pw-in-file", 0o644, "postgresql://mlflow@db-host/mlflow", "other users can read it"),
+        ("", 0o600, "postgresql://mlflow@db-host/mlflow", "empty"),
+        ("pw-in-file", 0o600, "postgresql://mlflow:pw-in-uri@db-host/mlflow", "already"),
+        ("pw-in-file", 0o600, "sqlite:///tmp/mlflow.db", "user name"),
+    ],
+)
+def test_a_bad_password_file_is_refused_without_showing_a_password(
+    tmp_path, content, mode, db, complaint
+):
+    secret = tmp_path / "password"
+    secret.write_text(content)
+    secret.chmod(mode)
+    command = [sys.executable, "-m", "harness.server", "--db", db]
+    command += ["--db-password-file", str(secret)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--db-password-file" in done.stderr and complaint in done.stderr
+    assert "pw-in-file" not in done.stderr + done.stdout
+    assert "pw-in-uri" not in done.stderr + done.stdout
+
+
+@pytest.fixture
+def server_folder():
+    """A fresh folder under /tmp that the postgres user reaches (as the postgres_server
+    fixture's), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="harness-secure-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def no_stored_password(monkeypatch, tmp_path):
+    """No password reaches libpq from this process's environment or a ~/.pgpass."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+
+
+@contextlib.contextmanager
+def serving(folder: Path, *flags: str, timeout: float = 300):
+    """``python -m harness.server`` with ``flags`` (its artifacts in ``folder``) until its banner
+    is out; yields (the process, its output so far); stopped with SIGTERM afterwards."""
+    output = folder / "banner.txt"
+    command = [sys.executable, "-m", "harness.server", "--port", str(free_port())]
+    command += ["--artifacts", str(folder / "artifacts"), *flags]
+    with output.open("w") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while "Ctrl-C stops it." not in output.read_text():
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.5)
+        yield process, output.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+
+
+def processes_showing(secret: str) -> set[int]:
+    """The processes of this machine whose command line contains ``secret``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and secret.encode() in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def connect(port: int, host: str = "127.0.0.1", user: str = SUPERUSER, password=None):
+    """A connection to the ``mlflow`` database (psycopg2's), or its OperationalError."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    secret = {} if password is None else {"password": password}
+    return psycopg2.connect(host=host, port=port, user=user, dbname="mlflow", **secret)
+
+
+def assert_only_the_password_lets_in(port: int, socket_folder: Path, password: str) -> None:
+    """Over TCP and the unix socket, the superuser gets in with ``password`` only, and another
+    role (one without a password) not at all."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    with contextlib.closing(connect(port, password=password)) as admin:
+        admin.autocommit = True
+        admin.cursor().execute("CREATE ROLE intruder LOGIN")
+    for host in ("127.0.0.1", str(socket_folder)):
+        connect(port, host, password=password).close()
+        for user, guess in ((SUPERUSER, None), (SUPERUSER, "guess"), ("intruder", None)):
+            with pytest.raises(psycopg2.OperationalError, match="password"):
+                connect(port, host, user, guess).close()
+
+
+def assert_private(path: Path) -> None:
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.stat().st_uid == os.getuid()
+
+
+def test_the_local_database_asks_for_a_password_kept_out_of_sight(
+    server_folder, no_stored_password
+):
+    data, port = server_folder / "postgres", free_port()
+    with serving(server_folder, "--data", str(data), "--db-port", str(port)) as (_, banner):
+        password = LocalPostgres(data, port).password
+        assert_private(data / "password")
+        assert len(password) >= 32
+        assert f"postgresql+psycopg2://{SUPERUSER}:***@127.0.0.1:{port}/mlflow" in banner
+        assert password not in banner
+        assert processes_showing(password) == set()
+        assert_only_the_password_lets_in(port, data, password)
+    assert password not in (server_folder / "mlflow-server.log").read_text()
+
+
+@pytest.mark.parametrize("given", ["file", "uri"])
+def test_a_given_database_password_stays_out_of_the_banner_and_the_server_command(
+    server_folder, no_stored_password, given
+):
+    with LocalPostgres(server_folder / "postgres", free_port()) as postgres:
+        password = postgres.password
+        bare = f"postgresql://{SUPERUSER}@127.0.0.1:{postgres.port}/mlflow"
+        if given == "file":
+            secret = server_folder / "db-password"
+            secret.write_text(password + "\n")
+            secret.chmod(0o600)
+            flags = ("--db", bare, "--db-password-file", str(secret))
+        else:
+            flags = ("--db", bare.replace(f"{SUPERUSER}@", f"{SUPERUSER}:{password}@"))
+        with serving(server_folder, *flags) as (harness, banner):
+            assert password not in banner
+            assert ":***@127.0.0.1" in banner
+            # a password typed on a command line shows there; it goes no further
+            assert processes_showing(password) == ({harness.pid} if given == "uri" else set())
+            if given == "uri":
+                assert "--db-password-file" in banner  # the note on how to keep it out
+    assert password not in (server_folder / "mlflow-server.log").read_text()
+
+
+def test_a_cluster_made_with_trust_is_secured_on_its_next_start(
+    server_folder, no_stored_password, capsys
+):
+    folder, port = server_folder / "postgres", free_port()
+    folder.mkdir()
+    as_postgres = []
+    if os.getuid() == 0:
+        shutil.chown(folder, SUPERUSER, SUPERUSER)
+        as_postgres = ["runuser", "-u", SUPERUSER, "--"]
+    initdb = [str(postgres_bindir() / "initdb"), "-D", str(folder), "-U", SUPERUSER, "-A", "trust"]
+    subprocess.run([*as_postgres, *initdb], check=True, capture_output=True, cwd=folder)
+    with LocalPostgres(folder, port) as postgres:
+        assert_private(postgres.password_file)
+        assert_only_the_password_lets_in(port, folder, postgres.password)
+    assert f"Secured the PostgreSQL in {folder}" in capsys.readouterr().out
+    rules = [line.split() for line in (folder / "pg_hba.conf").read_text().splitlines()]
+    assert {rule[-1] for rule in rules if rule and not rule[0].startswith("#")} == {"scram-sha-256"}

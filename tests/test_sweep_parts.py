@@ -19,7 +19,7 @@ import torch
 from conftest import CONF, ROOT, compose_spec
 from hydra import compose, initialize_config_dir
 
-from harness import config, devices, engine, pool, studies
+from harness import config, devices, engine, owners, pool, studies
 from harness import problem as problem_module
 from harness.compose import grid_jobs
 from harness.progress import Progress
@@ -148,7 +148,9 @@ def test_plan_skips_what_is_done_and_redoes_what_a_dead_process_left():
     ]
     plan = planning.plan(points, records, force=False, alive=lambda owner: owner == "live")
     assert plan.todo == [1, 3]
-    assert plan.skipped[0].run_id == "r1" and plan.skipped[0].error == "already recorded"
+    recorded = plan.skipped[0]  # counts as its record says, trained by an earlier sweep
+    assert (recorded.status, recorded.run_id, recorded.trained) == ("finished", "r1", False)
+    assert recorded.error == "recorded earlier"
     assert "running in another process" in plan.skipped[2].error
     assert plan.skipped[4].error == "the same run as grid point #0"
     assert [r.run_id for r in plan.stale] == ["r2"]
@@ -175,15 +177,16 @@ def test_the_grid_axes_name_the_points():
 
 
 def test_owner_tokens_tell_live_processes_from_dead_ones():
-    assert pool.is_alive(pool.owner_token())
+    assert owners.is_alive(owners.owner_token())
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    token = pool.owner_token(child.pid)
-    assert pool.is_alive(token)
+    token = owners.owner_token(child.pid)
+    assert owners.is_alive(token)
     child.wait()
-    assert not pool.is_alive(token)
-    assert pool.is_alive("another-host:1:1")  # nothing here can prove it dead
-    host, pid, ticks = pool.owner_token().split(":")
-    assert not pool.is_alive(f"{host}:{pid}:{int(ticks) + 1}")  # the pid, reused by another
+    assert not owners.is_alive(token)
+    assert owners.is_alive("another-host:1:1")  # nothing here can prove it dead
+    assert not owners.is_alive("")  # a run of no known owner: nothing would ever end it
+    host, pid, ticks = owners.owner_token().split(":")
+    assert not owners.is_alive(f"{host}:{pid}:{int(ticks) + 1}")  # the pid, reused by another
 
 
 # ----------------------------------------------------------------------------- the pool

@@ -4,11 +4,13 @@ runs table), runs by role, and every run page by page."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from harness import owners
 from harness.config import ConfigError
 from harness.records.schema import KIND_TAG, KIND_TRAINING, Status, Tag
 from harness.records.uri import artifact_location, is_database
@@ -68,27 +70,54 @@ def find_experiment(client: MlflowClient, name: str) -> str:
 def reopen_or_create(
     client: MlflowClient, experiment: str, role: str, match: str, name: str, tags: dict
 ) -> tuple[str, bool]:
-    """The run with ``role`` (and matching the filter ``match``), set RUNNING again, or a new
-    one named ``name`` with ``tags``; returns (run id, whether it is new)."""
-    found = client.search_runs(
-        [experiment], filter_string=f"tags.{Tag.ROLE} = '{role}'{match}", max_results=1
-    )
-    if found:
-        client.update_run(found[0].info.run_id, status=Status.RUNNING)
-        return found[0].info.run_id, False
-    run = client.create_run(experiment, run_name=name, tags={Tag.ROLE: role, **tags})
+    """The run with ``role`` (and matching the filter ``match``) that no live process holds,
+    set RUNNING again under this process, or a new one named ``name`` with ``tags``; returns
+    (run id, whether it is new). A run is held while it is RUNNING under a live owner (two
+    sweeps of one grid at once get a parent run each)."""
+    owner = owners.owner_token()
+    filter_string = f"tags.{Tag.ROLE} = '{role}'{match}"
+    for run in all_runs(client, experiment, filter_string):
+        held = run.info.status == Status.RUNNING and owners.is_alive(
+            run.data.tags.get(Tag.OWNER, "")
+        )
+        if not held:
+            client.set_tag(run.info.run_id, Tag.OWNER, owner)
+            client.update_run(run.info.run_id, status=Status.RUNNING)
+            return run.info.run_id, False
+    new_tags = {Tag.ROLE: role, Tag.OWNER: owner, **tags}
+    run = client.create_run(experiment, run_name=name, tags=new_tags)
     return run.info.run_id, True
 
 
-def all_runs(client: MlflowClient, experiment: str) -> Iterator:
-    """Every active run of the experiment, searched page by page."""
+def all_runs(client: MlflowClient, experiment: str, matching: str = "") -> Iterator:
+    """Every active run of the experiment (``matching``: MLflow's search filter), searched
+    page by page."""
     token = None
     while True:
-        page = client.search_runs([experiment], max_results=5000, page_token=token)
+        page = client.search_runs([experiment], matching, max_results=5000, page_token=token)
         yield from page
         token = page.token
         if not token:
             return
+
+
+def end_if_running(client: MlflowClient, run_id: str, status: str, why: str) -> bool:
+    """End a run someone else left RUNNING with ``status``, saying ``why`` (its error tag),
+    only if it is still RUNNING; False when it was not. On a database the check and the
+    change are one conditional update; through a server they are two calls, with a moment
+    between them in which the run's own process may end it (its status then wins)."""
+    from harness.records.backends import sql
+
+    store = sql.database_store(client)
+    if store is not None:
+        ended = sql.end_running(store, run_id, status, int(1000 * time.time()))
+    else:
+        ended = client.get_run(run_id).info.status == Status.RUNNING
+        if ended:
+            client.set_terminated(run_id, status)
+    if ended:
+        client.set_tag(run_id, Tag.ERROR, why)
+    return ended
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

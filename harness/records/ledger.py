@@ -46,9 +46,14 @@ class Ledger:
             if is_grid_point(run.data.tags)
         ]
 
+    def record(self, run_id: str) -> RunRecord:
+        """The grid point run ``run_id`` as it is now."""
+        run = self.client.get_run(run_id)
+        return RunRecord.of(run_id, run.info.status, run.data.tags)
+
     def open_sweep(self, sweep_id: str, name: str, params: dict[str, str], tags: dict) -> str:
         """The parent run of sweep ``sweep_id``: the one an earlier attempt left, set RUNNING
-        again, or a new one."""
+        again, or a new one (also when a live sweep of the same grid holds that one)."""
         run_id, new = experiments.reopen_or_create(
             self.client,
             self.experiment_id,
@@ -74,7 +79,7 @@ class Ledger:
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(Tag.NOTE, note)])
         self.client.set_terminated(run_id, status)
 
-    def mark(self, run_id: str, status: str, message: str) -> None:
-        """End a run someone else left RUNNING, saying why."""
-        self.client.set_tag(run_id, Tag.ERROR, message)
-        self.client.set_terminated(run_id, status)
+    def mark(self, run_id: str, status: str, message: str) -> bool:
+        """End a run someone else left RUNNING, saying why; only while it is still RUNNING
+        (False when its own process ended it first: see ``experiments.end_if_running``)."""
+        return experiments.end_if_running(self.client, run_id, status, message)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from harness.config import yaml_text
 from harness.records import experiments
-from harness.records.backends import CreatedRun, NewRun, Series, Writes, sql
+from harness.records.backends import CreatedRun, Held, NewRun, Series, Writes, sql
 from harness.records.backends.client import ClientWrites, in_threads
-from harness.records.schema import Status, Tag
+from harness.records.schema import Status, Tag, is_grid_point
 
 FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
 
@@ -45,9 +45,23 @@ class Recorder:
     def experiment(self, handles, name: str) -> str:
         return experiments.experiment_id(self.client, name)
 
-    def start(self, handles: list[str], experiment_id: str, new_runs: list[NewRun]) -> None:
-        created = self.writes.create(experiment_id, new_runs)
-        for handle, run in zip(handles, created, strict=True):
+    def start(
+        self,
+        handles: list[str],
+        experiment_id: str,
+        new_runs: list[NewRun],
+        claim_since: int | None = None,
+    ) -> list[Held | None]:
+        """Create the runs (with ``claim_since``: as claims on their grid points, see
+        ``backends.holders``) and upload their configs; returns, per run, None where it was
+        created, else the ``Held`` of the run that holds its point."""
+        outcome = self.writes.create(experiment_id, new_runs, claim_since)
+        created = [
+            (handle, new, run)
+            for handle, new, run in zip(handles, new_runs, outcome, strict=True)
+            if isinstance(run, CreatedRun)
+        ]
+        for handle, _, run in created:
             self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
         with tempfile.TemporaryDirectory() as folder:
 
@@ -58,7 +72,8 @@ class Recorder:
                 path.write_text(yaml_text(new.config))
                 sql.upload_artifact(str(path), run.artifact_uri, self.client.tracking_uri)
 
-            in_threads(upload, list(zip(new_runs, created, strict=True)))
+            in_threads(upload, [(new, run) for _, new, run in created])
+        return [run if isinstance(run, Held) else None for run in outcome]
 
     def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus
@@ -103,6 +118,14 @@ class Recorder:
             batch.ended[run.run_id] = (status, now)
         self._write(batch, handles, status)
         return [self.runs.pop(handle).run_id for handle in handles]
+
+    def end_owned(self, handles, experiment_id: str, owner: str, message: str) -> None:
+        """End FAILED, with ``message``, every grid point's run of the experiment that the
+        process ``owner`` left RUNNING (the runs a writer that died held open)."""
+        matching = f"attributes.status = '{Status.RUNNING}' and tags.{Tag.OWNER} = '{owner}'"
+        for run in experiments.all_runs(self.client, experiment_id, matching):
+            if is_grid_point(run.data.tags):
+                experiments.end_if_running(self.client, run.info.run_id, Status.FAILED, message)
 
     def _write(self, batch: Writes, handles: list[str], status: str = Status.FAILED) -> None:
         """Write ``batch``; if that raises, still end the runs (``status``), then re-raise."""

@@ -147,10 +147,12 @@ def dataset_inputs(
 @dataclass(frozen=True)
 class Recorded:
     """What became of a run's record: its MLflow run id (None if it was never created) and
-    the error that stopped its writes, if any."""
+    the error that stopped its writes, if any; ``held``: no run was made, because another
+    attempt holds the grid point (``run_id`` is that attempt's run)."""
 
     run_id: str | None
     error: str | None = None
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class RunRecord:
     owner: str  # its Tag.OWNER, "" if unknown
     diverged: bool = False
     sweep: str = ""  # its Tag.SWEEP_ID
+    parent: str = ""  # its Tag.PARENT: the run id of the sweep that made it
+    error: str = ""  # its Tag.ERROR
 
     @classmethod
     def of(cls, run_id: str, status: str, tags: Mapping[str, str]) -> RunRecord:
@@ -173,6 +177,8 @@ class RunRecord:
             tags.get(Tag.OWNER, ""),
             tags.get(Tag.DIVERGED) == TRUE,
             tags.get(Tag.SWEEP_ID, ""),
+            tags.get(Tag.PARENT, ""),
+            tags.get(Tag.ERROR, ""),
         )
 
 

@@ -9,13 +9,14 @@ import traceback
 import uuid
 from collections.abc import Sequence
 
+from harness import owners
 from harness.config import RunConfig, TrackingConfig, as_dict, fingerprint
 from harness.records import experiments
-from harness.records.backends import NewRun, sql
+from harness.records.backends import Held, NewRun, sql
 from harness.records.provenance import environment_tags, source_tags
 from harness.records.schema import FALSE, TRUE, DatasetInput, Recorded, Status, Summary, Tag
 from harness.records.uri import check_uri, is_database, resolve_uri
-from harness.records.writer import InlineWriter, TrackingError, Writer
+from harness.records.writer import InlineWriter, TrackingError, Writer, WriterDied
 
 
 class Store:
@@ -33,17 +34,33 @@ class Store:
         source: str = "harness.train",
         **options,
     ):
-        self.uri, self.source = uri, source
-        forks = background and "fork" in multiprocessing.get_all_start_methods()
-        self.writer = Writer(uri, **options) if forks else InlineWriter(uri, **options)
+        self.uri, self.source, self.options = uri, source, options
+        self.forks = background and "fork" in multiprocessing.get_all_start_methods()
+        self.owner = owners.owner_token()
+        self.writer = self._new_writer()
         try:
             self.experiment_id = self._reply("experiment", ["experiment"], experiment)
         except BaseException:
             self.close()
             raise
 
+    def _new_writer(self) -> Writer | InlineWriter:
+        kind = Writer if self.forks else InlineWriter
+        return kind(self.uri, **self.options)
+
+    def _call(self, method: str, handles: list[str], *args, reply: bool = False):
+        """The writer's call; when the writer process has died, another takes its place and
+        the runs it left RUNNING are ended FAILED, and the call raises TrackingError."""
+        try:
+            return self.writer.call(method, handles, *args, reply=reply)
+        except WriterDied as died:
+            self.writer.close()
+            self.writer = self._new_writer()
+            self.writer.call("end_owned", [], self.experiment_id, self.owner, str(died), reply=True)
+            raise TrackingError(str(died)) from None
+
     def _reply(self, method: str, handles: list[str], *args):
-        result, errors = self.writer.call(method, handles, *args, reply=True)
+        result, errors = self._call(method, handles, *args, reply=True)
         if errors:
             raise TrackingError(next(iter(errors.values())))
         return result
@@ -55,11 +72,15 @@ class Store:
         params: list[dict[str, str]],
         tags: list[dict[str, str]],
         inputs: Sequence[DatasetInput] = (),
-    ) -> list[str]:
+        claim_since: int | None = None,
+    ) -> list[str | Held]:
         """Queue the creation of the runs (RUNNING) with their params, tags (besides the
-        fingerprint, versions, commit and source), the dataset ``inputs`` they all saw and
-        their config artifacts; returns the handles that name them in the other calls."""
-        common = {**environment_tags(), **source_tags(self.source)}
+        fingerprint, this process as their owner, versions, commit and source), the dataset
+        ``inputs`` they all saw and their config artifacts; returns the handles that name
+        them in the other calls. With ``claim_since`` (ms: when the sweep planned), each run
+        is a claim on its grid point, made before this returns: a point another run holds
+        (``backends.holders``) gets that run's ``Held`` instead of a handle."""
+        common = {Tag.OWNER: self.owner, **environment_tags(), **source_tags(self.source)}
         runs = [
             NewRun(
                 name,
@@ -71,12 +92,15 @@ class Store:
             for spec, name, run_params, run_tags in zip(specs, names, params, tags, strict=True)
         ]
         handles = [uuid.uuid4().hex for _ in runs]
-        self.writer.call("start", handles, self.experiment_id, runs)
-        return handles
+        if claim_since is None:
+            self._call("start", handles, self.experiment_id, runs)
+            return handles
+        held = self._reply("start", handles, self.experiment_id, runs, claim_since)
+        return [h if holder is None else holder for h, holder in zip(handles, held, strict=True)]
 
     def log_curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Queue chunks of curves ``{metric: (steps, values)}``, one per run."""
-        self.writer.call("curves", handles, chunks, seconds_at)
+        self._call("curves", handles, chunks, seconds_at)
 
     def finish_runs(self, handles: list[str], results: list) -> list[Recorded]:
         """Write the end-of-run metrics and tags of the engine's ``results``, and mark the runs
@@ -97,7 +121,7 @@ class Store:
                     Tag.COHORT_SIZE: str(result.cohort_size),
                 }
             )
-        run_ids, errors = self.writer.call("finish", handles, summaries, tags, reply=True)
+        run_ids, errors = self._call("finish", handles, summaries, tags, reply=True)
         run_ids = run_ids or [None] * len(handles)
         return [Recorded(r, errors.get(h)) for h, r in zip(handles, run_ids, strict=True)]
 

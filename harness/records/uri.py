@@ -4,12 +4,11 @@ keeps its artifacts."""
 from __future__ import annotations
 
 import os
-import re
 import urllib.request
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.paths import project_root
+from harness.paths import folder_name, project_root
 
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
@@ -56,8 +55,8 @@ def check_uri(uri: str) -> None:
             "(MLflow's file store is gone since 3.13; use sqlite:///path.db)",
         )
     path = sqlite_path(uri)
-    if path is not None and not path.parent.is_dir():
-        raise ConfigError("tracking.uri", uri, f"folder {path.parent} does not exist")
+    if path is not None:
+        check_sqlite_path(uri, path)
     if is_server(uri):
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=3).close()
@@ -66,11 +65,23 @@ def check_uri(uri: str) -> None:
             raise ConfigError("tracking.uri", uri, allowed) from error
 
 
+def check_sqlite_path(uri: str, path: Path) -> None:
+    """A sqlite store needs its folder (sqlite writes a journal beside the database) and its
+    file, if it exists, writable by this process."""
+    if not path.parent.is_dir():
+        raise ConfigError("tracking.uri", uri, f"folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        allowed = f"a folder this user can write; {path.parent} is not"
+        raise ConfigError("tracking.uri", uri, allowed)
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        allowed = f"a database file this user can write; {path} is not"
+        raise ConfigError("tracking.uri", uri, allowed)
+
+
 def artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a sqlite store go beside the database file, in mlartifacts/<experiment>;
     other stores choose their own (None)."""
     path = sqlite_path(uri)
     if path is None:
         return None
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
-    return (path.parent / "mlartifacts" / slug).as_uri()
+    return (path.parent / "mlartifacts" / folder_name(experiment)).as_uri()

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import queue
 import signal
+from multiprocessing.util import Finalize
 
 from harness.records.backends import sql
 from harness.records.recorder import Recorder
@@ -86,9 +87,18 @@ class _Calls:
         return [run_ids.get(handle) for handle in handles]
 
 
+class WriterDied(TrackingError):
+    """The writer process is gone (killed, say by the OOM killer): what it was given last may
+    not be written."""
+
+
+WRITER_STOP_SECONDS = 300.0  # how long a closing writer may take to write what it holds
+
+
 class Writer:
     """Recorder calls in a forked process; calls that ask for a reply wait until that call
-    and all before it are done."""
+    and all before it are done. The process ends when its owner closes it, forgets it
+    (garbage collection) or exits; a call to a writer that died raises ``WriterDied``."""
 
     def __init__(self, uri: str, **options):
         context = multiprocessing.get_context("fork")
@@ -97,9 +107,14 @@ class Writer:
             target=_serve, args=(uri, self.inbox, self.outbox, os.getpid(), options), daemon=True
         )
         self.process.start()
+        # Run when this object is collected, and at exit by multiprocessing's exit handler
+        # before it joins its children (it would join a writer waiting for work for ever)
+        # and before the queues' own exit handlers (priority 10) stop their feeder threads.
+        self.stop = Finalize(self, _stop, (self.inbox, self.process), exitpriority=20)
 
     def call(self, method: str, handles: list[str], *args, reply: bool = False):
         """Queue the call; with ``reply``, wait and return (result, errors by handle)."""
+        self._check_alive()
         self.inbox.put((method, handles, args, reply))
         if not reply:
             return None
@@ -107,12 +122,30 @@ class Writer:
             try:
                 return self.outbox.get(timeout=1.0)
             except queue.Empty:
-                if not self.process.is_alive():
-                    raise TrackingError("the tracking writer process died") from None
+                self._check_alive()
+
+    def _check_alive(self) -> None:
+        if not self.process.is_alive():
+            code = self.process.exitcode
+            raise WriterDied(f"the tracking writer process died (exit code {code})")
 
     def close(self) -> None:
-        self.inbox.put(None)
-        self.process.join(timeout=30)
+        self.stop()
+
+
+def _stop(inbox, process) -> None:
+    """Ask the writer to write what it holds and stop; one that died, or does not stop within
+    ``WRITER_STOP_SECONDS``, is killed, and its queue is dropped unflushed (flushing into a
+    pipe nobody reads blocks for ever)."""
+    if process.is_alive():
+        inbox.put(None)
+        process.join(timeout=WRITER_STOP_SECONDS)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    if process.exitcode != 0:
+        inbox.cancel_join_thread()
+    inbox.close()
 
 
 class InlineWriter:

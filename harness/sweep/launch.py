@@ -32,12 +32,13 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from harness import compose, devices, executors, pool, records, stopping
+from harness import compose, devices, executors, owners, pool, records, stopping
 from harness.config import ConfigError
 from harness.progress import Progress
 from harness.records import SECONDS_PREFIX, Status, Tag
@@ -49,6 +50,7 @@ from harness.sweep.summary import Outcome, Timing, counts, parent_params, summar
 from harness.sweep.work import CohortWork
 
 EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BAD_INPUT = 1, 130, 2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; timeout, systemd, docker stop
 
 
 def run_cohorts(
@@ -77,7 +79,7 @@ def run_cohorts(
             outcomes[position] = found_outcome
             progress.update(found_outcome.status, points[position].name)
 
-    previous = signal.signal(signal.SIGTERM, stopping.interrupt)
+    previous = {s: signal.signal(s, stopping.interrupt_once) for s in STOP_SIGNALS}
     try:
         items = {
             number: [points[p] for p in cohort.positions] for number, cohort in enumerate(cohorts)
@@ -85,12 +87,15 @@ def run_cohorts(
         pins = {n: int(c.gpu) for n, c in enumerate(cohorts) if c.gpu is not None}
         if items:
             executor.run(work, items, on_event, pins)
-        return outcomes, False
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the signals stay ignored: the summary is written whole
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         return outcomes, True
     finally:
-        signal.signal(signal.SIGTERM, previous)
         progress.close()
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+    return outcomes, False
 
 
 def settle(
@@ -98,34 +103,62 @@ def settle(
     outcomes: dict[int, Outcome],
     ledger: records.Ledger,
     known: set[str],
-    sweep: str,
+    parent: str,
+    interrupted: bool,
 ) -> None:
-    """Make the store and the outcomes agree once every worker or job has ended: a run left
-    RUNNING by a dead process, or by a job of this sweep (``sweep``: its id) that was lost or
-    interrupted (it may have run on another machine), is marked FAILED (KILLED when
-    interrupted), and a point reported killed or lost whose run was in fact written to the end
-    (the signal came as it finished) counts as its run says."""
-    ended = {
-        points[position].fingerprint: outcome
-        for position, outcome in outcomes.items()
-        if outcome.status in ("killed", "failed")
-    }
-    new = [r for r in ledger.grid_runs() if r.run_id not in known]
-    for record in new:
-        if record.status != Status.RUNNING:
-            continue
-        outcome = ended.get(record.fingerprint) if record.sweep == sweep else None
-        if outcome is not None:
-            status = Status.KILLED if outcome.status == "killed" else Status.FAILED
-            ledger.mark(record.run_id, status, outcome.error)
-        elif not pool.is_alive(record.owner):
-            ledger.mark(record.run_id, Status.FAILED, "its worker process died")
-    finished = {r.fingerprint: r for r in new if r.status == Status.FINISHED}
-    for position, outcome in outcomes.items():
-        record = finished.get(points[position].fingerprint)
-        if outcome.status in ("killed", "failed") and record is not None:
-            status = "diverged" if record.diverged else "finished"
-            outcomes[position] = Outcome(status, record.run_id, seconds=outcome.seconds)
+    """Make the store and the outcomes agree once every worker or job has ended. A run this
+    sweep made (its parent run is ``parent``; ``known``: the runs there were before) that is
+    still RUNNING was cut short: it ends KILLED when the sweep was interrupted or its point
+    reported killed, else FAILED (its worker or job died), only if it is still RUNNING then.
+    Each point with such a run then counts as its run says (a point reported lost whose run
+    was written to the end counts as that run), and a point another sweep held counts as
+    that sweep's run ended."""
+    grid_runs = ledger.grid_runs()
+    by_id = {record.run_id: record for record in grid_runs}
+    ours = {r.fingerprint: r for r in grid_runs if r.parent == parent and r.run_id not in known}
+    for position, point in enumerate(points):
+        outcome = outcomes.get(position)
+        record = ours.get(point.fingerprint)
+        if record is not None and (outcome is None or outcome.trained):
+            record = end_cut_short(record, outcome, ledger, interrupted)
+            outcomes[position] = counted(record, outcome, trained=True)
+        elif outcome is not None and outcome.status == "skipped" and outcome.run_id in by_id:
+            held = by_id[outcome.run_id]
+            if held.status != Status.RUNNING:
+                outcomes[position] = counted(held, outcome, trained=False)
+
+
+def end_cut_short(
+    record: records.RunRecord, outcome: Outcome | None, ledger: records.Ledger, interrupted: bool
+) -> records.RunRecord:
+    """End a run of this sweep left RUNNING (see ``settle``); returns its record as it ends
+    (another process may have ended it first: then as that one did)."""
+    if record.status != Status.RUNNING:
+        return record
+    killed = interrupted or (outcome is not None and outcome.status == "killed")
+    status = Status.KILLED if killed else Status.FAILED
+    why = (
+        outcome.error
+        if outcome is not None and outcome.error
+        else ("interrupted" if killed else "its worker process died")
+    )
+    if ledger.mark(record.run_id, status, why):
+        return replace(record, status=status, error=why)
+    return ledger.record(record.run_id)
+
+
+def counted(record: records.RunRecord, outcome: Outcome | None, trained: bool) -> Outcome:
+    """A point's outcome as its run ``record`` says (the reported ``outcome``, if any, gives
+    the time and a fuller error)."""
+    status = {
+        Status.FINISHED: "diverged" if record.diverged else "finished",
+        Status.FAILED: "failed",
+        Status.KILLED: "killed",
+    }.get(record.status, "failed")
+    reported = outcome if outcome is not None and outcome.status == status else None
+    error = reported.error if reported is not None else record.error
+    seconds = outcome.seconds if outcome is not None else 0.0
+    return Outcome(status, record.run_id, error, seconds, trained)
 
 
 def prepare(
@@ -139,6 +172,12 @@ def prepare(
     """Check the settings, compose and validate the grid and open its experiment; returns the
     points and the ledger; raises ConfigError."""
     executors.check(settings)
+    if len(job_overrides) > settings.max_points:
+        allowed = (
+            f"at most hydra.launcher.max_points={settings.max_points} points (each is composed "
+            "and held, about 15 KB); raise max_points to run a larger grid"
+        )
+        raise ConfigError("grid", f"{len(job_overrides)} points", allowed)
     composer = compose.Composer(hydra_context.config_loader, root)
     points = compose_points(job_overrides, initial_job_idx, composer, timing)
     target = points[0].spec.tracking
@@ -157,15 +196,16 @@ def launch(
 ) -> list[JobReturn]:
     """Run the grid; see the module's docstring. Exits through SystemExit unless all went well."""
     started = time.monotonic()
-    timing = Timing(startup=pool.process_age())
+    timing = Timing(startup=owners.process_age())
     pool.start_server(["harness.train"])  # gets ready while the grid is composed
     try:
         points, ledger = prepare(
             job_overrides, initial_job_idx, root, hydra_context, settings, timing
         )
         kind, slurm, ray = settings.executor, settings.slurm, settings.ray
+        planned_at = int(1000 * time.time())
         recorded = ledger.grid_runs()
-        plan_ = plan(points, recorded, settings.force, pool.is_alive)
+        plan_ = plan(points, recorded, settings.force, owners.is_alive)
         for record in plan_.stale:
             why = "left RUNNING by a process that died; redone"
             ledger.mark(record.run_id, Status.KILLED, why)
@@ -203,6 +243,7 @@ def launch(
         settings.memory_fraction,
         slots.count if local else 1,
         root.hydra.output_subdir,
+        planned_at,
         background=kind != "ray",
     )
     outcomes, interrupted = run_cohorts(
@@ -210,7 +251,7 @@ def launch(
     )
     outcomes.update(plan_.skipped)
 
-    settle(points, outcomes, ledger, {r.run_id for r in recorded}, identity)
+    settle(points, outcomes, ledger, {r.run_id for r in recorded}, parent, interrupted)
     failed = any(o.status == "failed" for o in outcomes.values())
     status = Status.KILLED if interrupted else Status.FAILED if failed else Status.FINISHED
     title = (

@@ -40,12 +40,14 @@ def plan(
         running = [r for r in runs if r.status == Status.RUNNING and alive(r.owner)]
         if point.fingerprint in seen:
             why = f"the same run as grid point #{seen[point.fingerprint]}"
-            skipped[position] = Outcome("skipped", error=why)
+            skipped[position] = Outcome("skipped", error=why, trained=False)
         elif running:
             why = f"running in another process ({running[0].owner})"
-            skipped[position] = Outcome("skipped", running[0].run_id, why)
+            skipped[position] = Outcome("skipped", running[0].run_id, why, trained=False)
         elif finished and not force:
-            skipped[position] = Outcome("skipped", finished[-1].run_id, "already recorded")
+            status = "diverged" if finished[-1].diverged else "finished"
+            why = "recorded earlier"
+            skipped[position] = Outcome(status, finished[-1].run_id, why, trained=False)
         else:
             todo.append(position)
         seen.setdefault(point.fingerprint, point.index)

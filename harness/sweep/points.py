@@ -84,32 +84,27 @@ def compose_points(
     composer: compose.Composer,
     timing: Timing,
 ) -> list[Point]:
-    """Compose and validate every job; raises ConfigError naming the first bad point."""
+    """Compose and validate the jobs one at a time (a point keeps its spec and its config's
+    text, not the composed config); raises ConfigError naming the first bad point."""
     checker, points, axes = Checker(), [], varying_keys(job_overrides)
-    started = time.perf_counter()
-    jobs = composer.jobs(job_overrides, initial_job_idx)
-    job_dirs = [composer.job_dir(job).absolute() for job in jobs]  # the same on every node
-    timing.compose = time.perf_counter() - started
-    for job, job_dir in zip(jobs, job_dirs, strict=True):
+    for offset, overrides in enumerate(job_overrides):
+        started = time.perf_counter()
+        job = composer.job(initial_job_idx + offset, overrides)
+        job_dir = composer.job_dir(job).absolute()  # the same on every node
+        checked = time.perf_counter()
+        timing.compose += checked - started
         try:
             spec = config.to_spec(job.task)
             checker.check(spec)
         except ConfigError as error:
             error.add_note(f"in grid point #{job.index}: {' '.join(job.overrides)}")
             raise
+        text = config.yaml_text(OmegaConf.to_container(job.task))
         name = point_name(spec, job.overrides, axes)
         points.append(
-            Point(
-                job.index,
-                tuple(job.overrides),
-                config.yaml_text(OmegaConf.to_container(job.task)),
-                job_dir,
-                spec,
-                config.fingerprint(spec),
-                name,
-            )
+            Point(job.index, job.overrides, text, job_dir, spec, config.fingerprint(spec), name)
         )
-    timing.validate = time.perf_counter() - started - timing.compose
+        timing.validate += time.perf_counter() - checked
     targets = {(p.spec.tracking.uri, p.spec.tracking.experiment) for p in points}
     if len(targets) > 1:
         raise ConfigError(

@@ -49,6 +49,7 @@ class LauncherSettings:
     n_jobs: int = 1  # CPU workers; where points train on CUDA, one worker per GPU instead
     force: bool = False  # rerun points already recorded
     max_cohort: int = 1000  # most runs trained as one batch; 1 trains one job at a time
+    max_points: int = 50_000  # a larger grid is refused before it is composed, unless raised
     memory_fraction: float = 0.5  # of the free memory a worker's cohorts may take
     executor: str = "local"  # local | slurm | ray (see harness.executors)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
@@ -58,6 +59,7 @@ class LauncherSettings:
         """Validate every value (ranges, choices); raises ConfigError."""
         _at_least(f"{KEY}.n_jobs", self.n_jobs, 1, "an integer")
         _at_least(f"{KEY}.max_cohort", self.max_cohort, 1, "an integer")
+        _at_least(f"{KEY}.max_points", self.max_points, 1, "an integer")
         if not 0 < self.memory_fraction <= 1:
             raise ConfigError(
                 f"{KEY}.memory_fraction", self.memory_fraction, "expected a number in (0, 1]"

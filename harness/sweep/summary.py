@@ -16,12 +16,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Outcome:
-    """What became of a point: finished | diverged | failed | killed | skipped."""
+    """What became of a point: finished | diverged | failed | killed | skipped (a duplicate,
+    or a point another sweep holds). ``trained``: by this sweep (False for a point recorded
+    earlier or by another sweep, which counts by its record)."""
 
     status: str
     run_id: str | None = None
     error: str = ""
     seconds: float = 0.0
+    trained: bool = True
 
 
 @dataclass
@@ -44,21 +47,30 @@ class Timing:
         return "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in vars(self).items())
 
 
+STATUSES = ("finished", "diverged", "failed", "killed", "skipped")
+
+
 def counts(outcomes: Sequence[Outcome], total: int) -> dict[str, int]:
-    """Points per status; points never reached count as ``not_run``."""
-    statuses = ("finished", "diverged", "failed", "killed", "skipped")
-    found = {status: sum(o.status == status for o in outcomes) for status in statuses}
+    """What the grid holds: points per status, those recorded earlier or by another sweep
+    included; points never reached count as ``not_run``. Then ``trained``: the points this
+    sweep trained."""
+    found = {status: sum(o.status == status for o in outcomes) for status in STATUSES}
     found["not_run"] = total - len(outcomes)
+    found["trained"] = sum(o.trained and o.status != "skipped" for o in outcomes)
     return found
 
 
 def summary(title: str, points: Sequence[Point], outcomes: dict[int, Outcome]) -> str:
-    """The summary table, then each failure with its error (Markdown, as the parent run's
-    description shows it)."""
+    """The summary table of what the grid holds, the number this sweep trained, then each
+    failure with its error (Markdown, as the parent run's description shows it)."""
     tally = counts(list(outcomes.values()), len(points))
+    trained = tally.pop("trained")
     lines = [title, "", "| outcome | runs |", "|---|---:|"]
     shown = [(s, n) for s, n in tally.items() if n or s not in ("killed", "not_run")]
     lines += [f"| {status} | {n} |" for status, n in shown]
+    others = " (the others: recorded earlier, by another sweep, or duplicates)"
+    lines += ["", f"trained by this sweep: {trained} of {len(points)} points"]
+    lines[-1] += others if trained < len(points) else ""
     failures = [(p, outcomes[i]) for i, p in enumerate(points) if i in outcomes]
     failures = [(p, o) for p, o in failures if o.status in ("failed", "killed")]
     if failures:

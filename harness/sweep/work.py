@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import config, devices, engine, pool, records, train
+from harness import config, devices, engine, records, train
 from harness import problem as problem_module
 from harness.problem import Problem
 from harness.sweep.points import Checker, Point
@@ -43,8 +43,9 @@ class CohortWork:
     each. A cohort larger than the memory budget (``memory_fraction`` of the free memory of
     the worker's device, shared by ``sharing`` workers on the host's memory) trains in pieces.
     Each worker uses ``threads`` CPU threads, so that the workers do not oversubscribe the
-    cores. ``background``: the store writes from a forked process (not in a Ray worker, whose
-    threads make forking unsafe)."""
+    cores. Each cohort's runs are claims on their grid points (``claim_since``: when the sweep
+    planned, in ms), so that a point another sweep holds is skipped. ``background``: the store
+    writes from a forked process (not in a Ray worker, whose threads make forking unsafe)."""
 
     def __init__(
         self,
@@ -54,9 +55,11 @@ class CohortWork:
         memory_fraction: float,
         sharing: int,
         output_subdir: str | None,
+        claim_since: int,
         background: bool = True,
     ):
         self.uri, self.tags, self.threads, self.output_subdir = uri, tags, threads, output_subdir
+        self.claim_since = claim_since
         self.memory_fraction, self.sharing, self.background = memory_fraction, sharing, background
         self.problems: dict[str, Problem] = {}
         self.store: records.Store | None = None
@@ -89,24 +92,32 @@ class CohortWork:
 
     def train(self, points: list[Point], problem: Problem) -> tuple[list[Outcome], float]:
         """Train and record ``points`` as one cohort: their outcomes and the engine's time."""
-        tags = {**self.tags, records.Tag.OWNER: pool.owner_token()}
         started = time.monotonic()
         try:
             recorded = train.record_cohort(
-                [p.spec for p in points], problem, self.store, [p.name for p in points], tags
+                [p.spec for p in points],
+                problem,
+                self.store,
+                [p.name for p in points],
+                self.tags,
+                self.claim_since,
             )
         except Exception as error:  # recorded FAILED by record_cohort
             seconds = time.monotonic() - started
             failed = Outcome("failed", None, f"{type(error).__name__}: {error}", seconds)
             return [failed] * len(points), seconds
-        return [outcome(r, result) for r, result in recorded], recorded[0][1].seconds
+        seconds = next((result.seconds for _, result in recorded if result is not None), 0.0)
+        return [outcome(r, result) for r, result in recorded], seconds
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
 
-def outcome(recorded: records.Recorded, result: engine.RunResult) -> Outcome:
+def outcome(recorded: records.Recorded, result: engine.RunResult | None) -> Outcome:
+    if recorded.held:
+        why = "another sweep ran it at the same time"
+        return Outcome("skipped", recorded.run_id, why, trained=False)
     if recorded.error is not None:
         return Outcome("failed", recorded.run_id, recorded.error, result.seconds)
     status = "diverged" if result.diverged else "finished"

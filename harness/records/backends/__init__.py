@@ -1,12 +1,15 @@
 """The two ways runs reach a store: ``sql`` (direct writes on MLflow's tables, for database
 stores of a verified schema) and ``client`` (MLflow's client: servers, and databases of any
-other schema). Both take the types below: runs to create, and batches of writes."""
+other schema). Both take the types below: runs to create, and batches of writes; and both
+claim grid points the same way (``holders``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from harness.records.schema import DatasetInput
+from harness import owners
+from harness.records.schema import DatasetInput, Status
 
 
 @dataclass
@@ -26,6 +29,31 @@ class CreatedRun:
     run_id: str
     start_ms: int
     artifact_uri: str
+
+
+@dataclass(frozen=True)
+class Held:
+    """A grid point that another attempt holds, so no run was created for it: the run that
+    holds it and that run's status."""
+
+    run_id: str
+    status: str
+
+
+# A run that may hold a grid point: (run id, fingerprint, status, start time in ms, owner token)
+Candidate = tuple[str, str, str, int, str]
+
+
+def holders(candidates: Iterable[Candidate], since_ms: int) -> dict[str, Held]:
+    """The runs that hold their grid points against a claim made by a sweep that planned at
+    ``since_ms``, by fingerprint: a run RUNNING in a live process (another sweep trains it),
+    or one FINISHED that started since then (another sweep trained it meanwhile)."""
+    held: dict[str, Held] = {}
+    for run_id, fingerprint, status, start_ms, owner in candidates:
+        running = status == Status.RUNNING and owners.is_alive(owner)
+        if running or (status == Status.FINISHED and start_ms >= since_ms):
+            held.setdefault(fingerprint, Held(run_id, status))
+    return held
 
 
 # A stretch of one metric's curve: (key, steps, values, timestamps in ms), lists of equal length

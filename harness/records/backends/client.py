@@ -21,9 +21,9 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 from harness.records import experiments
-from harness.records.backends import CreatedRun, NewRun, Writes
+from harness.records.backends import CreatedRun, Held, NewRun, Writes, holders
 from harness.records.backends.sql import dataset_input_entity
-from harness.records.schema import ExperimentTables
+from harness.records.schema import ExperimentTables, Status, Tag
 
 CLIENT_THREADS = 4  # runs written at once through MLflow's client
 # A server's answers that mean "ask again" (MLflow answers 400; its HTTP layer already retries
@@ -73,7 +73,38 @@ class ClientWrites:
     def __init__(self, client: MlflowClient):
         self.client = client
 
-    def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
+    def create(
+        self, experiment_id: str, new_runs: list[NewRun], claim_since: int | None = None
+    ) -> list[CreatedRun | Held]:
+        """Create the runs; with ``claim_since`` (ms), not those whose grid points another
+        run holds (``backends.holders``). Through a client the claim is a search, then the
+        creation: two sweeps that claim the same point within that moment both run it."""
+        held = {} if claim_since is None else self._holders(experiment_id, claim_since)
+        fresh = [new for new in new_runs if new.tags[Tag.FINGERPRINT] not in held]
+        created = iter(self._create(experiment_id, fresh))
+        return [held.get(new.tags[Tag.FINGERPRINT]) or next(created) for new in new_runs]
+
+    def _holders(self, experiment_id: str, since: int) -> dict[str, Held]:
+        running = f"attributes.status = '{Status.RUNNING}'"
+        finished = f"attributes.status = '{Status.FINISHED}' and attributes.start_time >= {since}"
+        found = [
+            run
+            for matching in (running, finished)
+            for run in experiments.all_runs(self.client, experiment_id, matching)
+        ]
+        candidates = [
+            (
+                r.info.run_id,
+                r.data.tags.get(Tag.FINGERPRINT, ""),
+                r.info.status,
+                r.info.start_time,
+                r.data.tags.get(Tag.OWNER, ""),
+            )
+            for r in found
+        ]
+        return holders(candidates, since)
+
+    def _create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
         def create_one(new: NewRun) -> CreatedRun:
             client = self.client
             run = retrying(client.create_run, experiment_id, run_name=new.name, tags=new.tags)

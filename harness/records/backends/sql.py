@@ -16,7 +16,9 @@ a store newer than the installed MLflow is refused before anything is written
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import socket
 import sys
 import time
 import uuid
@@ -29,11 +31,18 @@ from mlflow.entities import DatasetInput as MlflowDatasetInput
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import _validate_dataset_inputs, _validate_metric
+from mlflow.utils.validation import (
+    _validate_dataset_inputs,
+    _validate_metric,
+    _validate_param,
+    _validate_tag,
+)
 
+from harness import owners
 from harness.config import ConfigError
-from harness.records.backends import CreatedRun, NewRun, Series, Writes
+from harness.records.backends import CreatedRun, Held, NewRun, Series, Writes, holders
 from harness.records.schema import DATASET_CONTEXT, DatasetInput, ExperimentTables, Status, Tag
+from harness.records.uri import sqlite_path
 
 if TYPE_CHECKING:  # MLflow's store modules take half a second to import: where they are used
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -142,11 +151,43 @@ def bulk_verified(store: SqlAlchemyStore) -> bool:
     return _revision(store.engine) in VERIFIED
 
 
+def create_if_missing(uri: str) -> None:
+    """A sqlite store that does not exist yet appears whole or not at all: MLflow creates its
+    tables in a file aside (``.<name>.creating-<pid>`` in the same folder), which is then
+    linked into place, unless another process put a store there first (that one is kept).
+    A creation cut short leaves only its aside file (and sqlite's journal of it), removed by
+    the next creation."""
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    prefix = f".{path.name}.creating-"
+    for stale in path.parent.glob(f"{prefix}*"):  # with their journals: <aside>-journal
+        pid = stale.name[len(prefix) :].partition("-")[0]
+        if pid.isdigit() and not owners.is_alive(f"{socket.gethostname()}:{pid}:"):
+            stale.unlink(missing_ok=True)
+    aside = path.with_name(f"{prefix}{os.getpid()}")
+    aside.unlink(missing_ok=True)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    aside_uri = f"sqlite:///{aside}"
+    try:
+        _get_sqlalchemy_store(aside_uri, None).engine.dispose()
+        with SqlAlchemyStore._engine_map_lock:
+            SqlAlchemyStore._engine_map.pop(aside_uri, None)
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
+
+
 def check_schema(uri: str) -> None:
     """Refuse a database written by a newer MLflow than the installed one (a schema revision
     the installed MLflow does not know), naming both versions, before MLflow's own check
     calls it "out-of-date". Older stores are MLflow's to upgrade or refuse (it upgrades one
-    that lacks a table it needs, and asks for ``mlflow db upgrade`` otherwise)."""
+    that lacks a table it needs, and asks for ``mlflow db upgrade`` otherwise). A missing
+    sqlite store is created first (``create_if_missing``)."""
+    create_if_missing(uri)
     found = revision_at(uri)
     if found is None or found in known_revisions():
         return
@@ -182,6 +223,7 @@ class DatabaseWrites:
     def __init__(self, store: SqlAlchemyStore, client: MlflowClient):
         from mlflow.store.tracking.dbmodels.models import (
             SqlDataset,
+            SqlExperiment,
             SqlInput,
             SqlInputTag,
             SqlLatestMetric,
@@ -195,51 +237,106 @@ class DatabaseWrites:
         self.metrics, self.latest = SqlMetric.__table__, SqlLatestMetric.__table__
         self.params, self.tags, self.runs = SqlParam.__table__, SqlTag.__table__, SqlRun.__table__
         self.datasets, self.inputs = SqlDataset.__table__, SqlInput.__table__
+        self.experiments = SqlExperiment.__table__
         self.input_tags = SqlInputTag.__table__
         self.artifact_roots: dict[str, str] = {}
 
-    def create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
+    def create(
+        self, experiment_id: str, new_runs: list[NewRun], claim_since: int | None = None
+    ) -> list[CreatedRun | Held]:
+        """Create the runs in one transaction. With ``claim_since`` (ms), each run is a claim
+        on its grid point: a point that another run holds (see ``backends.holders``) gets no
+        run but that run's ``Held``. The claim is atomic: the transaction first takes the
+        experiment's row for update, which serialises claims on one experiment (sqlite's
+        write lock, a row lock on PostgreSQL and MySQL), then reads the holders."""
         if experiment_id not in self.artifact_roots:
             found = self.client.get_experiment(experiment_id)
             if found.lifecycle_stage != "active":
                 raise MlflowException(f"experiment {found.name!r} is deleted")
             self.artifact_roots[experiment_id] = found.artifact_location
-        now, created, rows, params, tags = int(1000 * time.time()), [], [], [], []
-        for new in new_runs:
-            run_id = uuid.uuid4().hex
-            artifact_uri = append_to_uri_path(
-                self.artifact_roots[experiment_id], run_id, "artifacts"
-            )
-            created.append(CreatedRun(run_id, now, artifact_uri))
-            user = new.tags.get(Tag.USER, "unknown")
-            rows.append(
-                (
-                    run_id,
-                    new.name,
-                    "UNKNOWN",  # source_type, source_name, entry_point_name: as create_run
-                    "",
-                    "",
-                    user,
-                    Status.RUNNING,
-                    now,  # start_time
-                    None,  # end_time
-                    None,  # deleted_time
-                    "",  # source_version
-                    "active",
-                    artifact_uri,
-                    int(experiment_id),
-                )
-            )
-            params += [(run_id, key, value) for key, value in new.params.items()]
-            tags += [(run_id, k, v) for k, v in {Tag.RUN_NAME: new.name, **new.tags}.items()]
+        now = int(1000 * time.time())
+        created = [self._created(experiment_id, now) for _ in new_runs]
         datasets = self._datasets(int(experiment_id), new_runs)
         with self._transaction() as connection:
+            held = {}
+            if claim_since is not None:
+                held = self._holders(connection, int(experiment_id), new_runs, claim_since)
+            outcome = [
+                held.get(new.tags[Tag.FINGERPRINT], run)
+                for run, new in zip(created, new_runs, strict=True)
+            ]
+            pairs = zip(outcome, new_runs, strict=True)
+            chosen = [(run, new) for run, new in pairs if isinstance(run, CreatedRun)]
+            rows, params, tags = [], [], []
+            for run, new in chosen:
+                rows.append(self._run_row(run, new, experiment_id))
+                params += _pairs(run.run_id, new.params, _validate_param)
+                tags += _pairs(run.run_id, {Tag.RUN_NAME: new.name, **new.tags}, _validate_tag)
             self._insert(connection, self.runs, RUN_COLUMNS, rows)
             self._insert(connection, self.params, PAIR_COLUMNS, params)
             self._insert(connection, self.tags, PAIR_COLUMNS, tags)
-            runs = [(run.run_id, new.inputs) for run, new in zip(created, new_runs, strict=True)]
-            self._link_inputs(connection, datasets, runs)
-        return created
+            self._link_inputs(connection, datasets, [(r.run_id, n.inputs) for r, n in chosen])
+        return outcome
+
+    def _created(self, experiment_id: str, now: int) -> CreatedRun:
+        run_id = uuid.uuid4().hex
+        root = self.artifact_roots[experiment_id]
+        return CreatedRun(run_id, now, append_to_uri_path(root, run_id, "artifacts"))
+
+    @staticmethod
+    def _run_row(run: CreatedRun, new: NewRun, experiment_id: str) -> tuple:
+        """The run's row, as MLflow's ``create_run`` writes it (the user from its tag)."""
+        return (
+            run.run_id,
+            new.name,
+            "UNKNOWN",  # source_type, source_name, entry_point_name: as create_run
+            "",
+            "",
+            new.tags.get(Tag.USER, "unknown"),
+            Status.RUNNING,
+            run.start_ms,  # start_time
+            None,  # end_time
+            None,  # deleted_time
+            "",  # source_version
+            "active",
+            run.artifact_uri,
+            int(experiment_id),
+        )
+
+    def _holders(self, connection, experiment_id: int, new_runs: list, since: int) -> dict:
+        """Take the experiment's row for the rest of the transaction (a write that changes
+        nothing: sqlite takes its write lock, other databases the row's lock), then read who
+        holds the new runs' grid points."""
+        from sqlalchemy import update
+
+        table = self.experiments.c
+        connection.execute(
+            update(self.experiments)
+            .where(table.experiment_id == experiment_id)
+            .values(last_update_time=table.last_update_time)
+        )
+        wanted = {new.tags[Tag.FINGERPRINT] for new in new_runs}
+        return holders(self._candidates(connection, experiment_id, wanted), since)
+
+    def _candidates(self, connection, experiment_id: int, fingerprints: set[str]) -> list:
+        """The experiment's active RUNNING and FINISHED runs of these grid points, as
+        ``backends.Candidate``s."""
+        from sqlalchemy import and_, select
+
+        runs, marks = self.runs.c, self.tags.alias("marks")
+        owner = self.tags.alias("owner")
+        query = (
+            select(runs.run_uuid, marks.c.value, runs.status, runs.start_time, owner.c.value)
+            .join(marks, and_(marks.c.run_uuid == runs.run_uuid, marks.c.key == Tag.FINGERPRINT))
+            .outerjoin(owner, and_(owner.c.run_uuid == runs.run_uuid, owner.c.key == Tag.OWNER))
+            .where(
+                runs.experiment_id == experiment_id,
+                runs.lifecycle_stage == "active",
+                runs.status.in_((Status.RUNNING, Status.FINISHED)),
+                marks.c.value.in_(sorted(fingerprints)),
+            )
+        )
+        return [(r, f, s, t or 0, o or "") for r, f, s, t, o in connection.execute(query)]
 
     def _datasets(self, experiment_id: int, new_runs: list[NewRun]) -> dict:
         """The id of each dataset the runs saw, by (name, digest), its row inserted where the
@@ -312,7 +409,7 @@ class DatabaseWrites:
         from sqlalchemy import bindparam, update
 
         tag_rows = [
-            (run, key, value) for run, tags in batch.tags.items() for key, value in tags.items()
+            row for run, tags in batch.tags.items() for row in _pairs(run, tags, _validate_tag)
         ]
         with self._transaction() as connection:
             for runs in self._slices(batch.metrics):  # rows for a slice of runs at a time
@@ -358,7 +455,9 @@ class DatabaseWrites:
             yield group
 
     def _metric_rows(self, metrics: dict[str, list[Series]]) -> list[tuple]:
-        rows, checked = [], set()
+        """The rows of the metrics, each once (as MLflow's ``log_batch``, which drops a point
+        given twice: same key, step, timestamp and value)."""
+        rows, checked = {}, set()
         sanitize = self.store.sanitize_metric_value
         for run, series in metrics.items():
             for key, steps, values, stamps in series:
@@ -367,8 +466,8 @@ class DatabaseWrites:
                     checked.add(key)
                 for step, value, stamp in zip(steps, values, stamps, strict=True):
                     is_nan, value = sanitize(float(value))
-                    rows.append((run, key, value, stamp, step, is_nan))
-        return rows
+                    rows.setdefault((run, key, value, stamp, step, is_nan), None)
+        return list(rows)
 
     def _newer_latest(self, connection, rows: list[tuple]) -> list[tuple]:
         """The rows that become the latest value of their (run, metric): the largest
@@ -423,6 +522,30 @@ class DatabaseWrites:
         same = and_(table.c.run_uuid == bindparam("run"), table.c.key == bindparam("name"))
         connection.execute(delete(table).where(same), [{"run": r[0], "name": r[1]} for r in rows])
         self._insert(connection, table, columns, rows)
+
+
+def _pairs(run_id: str, entries: dict[str, str], validate) -> list[tuple[str, str, str]]:
+    """(run id, key, value) rows of params or tags, checked and cut to MLflow's limits as
+    its client's ``log_batch`` does (``validate``: MLflow's ``_validate_param`` or
+    ``_validate_tag``; a param value over 6 000 characters, a tag value over 8 000, is cut)."""
+    checked = (validate(key, value) for key, value in entries.items())
+    return [(run_id, entry.key, entry.value) for entry in checked]
+
+
+def end_running(store: SqlAlchemyStore, run_id: str, status: str, end_ms: int) -> bool:
+    """End the run with ``status`` if it is still RUNNING, in one conditional update; False
+    when it was not (another process ended it first), which is then left as it is."""
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+    from sqlalchemy import update
+
+    runs = SqlRun.__table__
+    statement = (
+        update(runs)
+        .where(runs.c.run_uuid == run_id, runs.c.status == Status.RUNNING)
+        .values(status=status, end_time=end_ms)
+    )
+    with store.engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
 
 
 def read_tables(store: SqlAlchemyStore, experiment_id: str) -> ExperimentTables:
