@@ -47,14 +47,14 @@ def record_cohort(
     store: records.Store,
     names: list[str],
     tags: dict[str, str] | None = None,
-    claim_since: int | None = None,
+    claim: records.Claim | None = None,
 ) -> list[tuple[records.Recorded, engine.RunResult | None]]:
     """Train ``specs`` (one structure) as one cohort, each run in an MLflow run of its own
     (named ``names[i]``, with ``tags`` besides the usual ones and the data set's splits as
-    its dataset inputs), handing curves to the store as they come. With ``claim_since`` (ms:
-    when the sweep planned) the runs are claims on their grid points: a point that another
-    attempt holds is not trained (its Recorded is ``held``, its result None). An exception
-    marks every run FAILED (KILLED on Ctrl-C) and propagates."""
+    its dataset inputs), handing curves to the store as they come. With a ``claim`` the runs
+    are claims on their grid points: a point that another attempt holds is not trained (its
+    Recorded is ``held``, its result None). An exception marks every run FAILED (KILLED on
+    Ctrl-C) and propagates."""
     plan = engine.make_plan(specs[0], problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
@@ -69,7 +69,7 @@ def record_cohort(
         [records.run_params(spec, derived) for spec in specs],
         [run_tags] * len(specs),
         records.dataset_inputs(data.name, data.split_digest, data.sizes, source),
-        claim_since,
+        claim,
     )
     mine = [i for i, claim in enumerate(claims) if isinstance(claim, str)]
     done = iter(train_runs([specs[i] for i in mine], problem, store, [claims[i] for i in mine]))

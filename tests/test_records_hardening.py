@@ -19,7 +19,7 @@ from harness import config, owners, records, train
 from harness import problem as problem_module
 from harness.config import ConfigError
 from harness.records import Ledger
-from harness.records.backends import Held
+from harness.records.backends import Held, sql
 
 STEPS = "trainer.steps=5"
 
@@ -28,12 +28,12 @@ def gabor_specs(seeds, steps: int = 5):
     return [compose_spec(f"seed={s}", f"trainer.steps={steps}") for s in seeds]
 
 
-def start(store: records.Store, seeds, claim_since=None):
+def start(store: records.Store, seeds, claim=None):
     """Start runs of the default Gabor problem, one per seed; returns the claims."""
     specs = gabor_specs(seeds)
     params = [records.run_params(spec) for spec in specs]
     names = [f"seed {s}" for s in seeds]
-    return store.start_runs(specs, names, params, [{}] * len(specs), (), claim_since)
+    return store.start_runs(specs, names, params, [{}] * len(specs), (), claim)
 
 
 def run_ids(uri: str) -> dict[int, str]:
@@ -56,24 +56,24 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["direct", "client"])
-def test_a_claim_skips_points_held_by_live_or_newer_runs(store_uri, bulk):
-    """Held: a point RUNNING in a live process, or FINISHED since the claimant planned. Not
-    held: FINISHED before that, FAILED, or RUNNING in a process that died."""
+def test_a_claim_skips_points_held_by_live_or_finished_runs(store_uri, bulk):
+    """Held: a point RUNNING in a live process, or FINISHED (unless the claimant redoes that
+    very run: ``force``). Not held: FAILED, or RUNNING in a process that died."""
     other = records.Store(store_uri, "runs", bulk=bulk)
     mine = records.Store(store_uri, "runs", bulk=bulk)
     try:
-        planned = int(1000 * time.time())
+        claim = records.Claim(int(1000 * time.time()))
         start(other, [0, 1, 2, 3])  # all RUNNING, owned by this (live) process
         client, ids = MlflowClient(tracking_uri=store_uri), run_ids(store_uri)
         client.set_terminated(ids[1], "FINISHED")
         client.set_terminated(ids[2], "FAILED")
         client.set_tag(ids[3], "owner", dead_owner())
-        claims = start(mine, [0, 1, 2, 3], claim_since=planned)
+        claims = start(mine, [0, 1, 2, 3], claim)
         assert claims[0] == Held(ids[0], "RUNNING")
         assert claims[1] == Held(ids[1], "FINISHED")
         assert all(isinstance(claim, str) for claim in claims[2:])
-        later = start(mine, [1], claim_since=int(1000 * time.time()) + 1000)
-        assert isinstance(later[0], str)  # seed 1 finished before this claimant planned
+        forced = records.Claim(int(1000 * time.time()), frozenset({ids[1]}))
+        assert isinstance(start(mine, [1], forced)[0], str)  # a forced sweep redoes it
     finally:
         mine.close()
         other.close()
@@ -111,7 +111,7 @@ def test_a_writer_that_dies_is_replaced_and_its_runs_end_failed(store_uri):
     problem = problem_module.build(specs[0])
     store = records.Store(store_uri, "runs")
     try:
-        start(store, [0, 1], claim_since=0)  # a claim: created by the time it returns
+        start(store, [0, 1], records.Claim(0))  # a claim: created by the time it returns
         store.writer.process.kill()
         store.writer.process.join()
         with pytest.raises(records.TrackingError, match="writer process died"):
@@ -217,3 +217,18 @@ def test_a_store_the_user_cannot_write_is_refused_before_any_work(tmp_path):
     assert "a database file this user can write" in message
     (shared / "mlflow.db").chmod(0o666)
     assert check_as_nobody(f"sqlite:///{shared}/mlflow.db") == ""
+
+
+def test_a_live_sweeps_parent_run_is_never_shared(store_uri):
+    """A second sweep of the same grid while the first runs gets a parent of its own; an
+    ended parent is taken over by one process only (a conditional change of its owner)."""
+    ledger = Ledger(store_uri, "runs")
+    first = ledger.open_sweep("grid", "first", {}, {})
+    second = ledger.open_sweep("grid", "second", {}, {})
+    assert first != second  # the first is RUNNING under this live process
+    ledger.close_sweep(first, "KILLED", {}, {}, "")
+    seen = MlflowClient(tracking_uri=store_uri).get_run(first).data.tags["owner"]
+    store = sql.database_store(ledger.client)
+    assert sql.swap_tag(store, first, "owner", seen, "elsewhere:1:1")
+    assert not sql.swap_tag(store, first, "owner", seen, "another:2:2")  # came second
+    assert ledger.open_sweep("grid", "third", {}, {}) == first  # its owner is gone: reopened

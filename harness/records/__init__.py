@@ -15,6 +15,7 @@ training writes through), ``ledger`` (what a sweep reads and repairs), ``study``
 report stage reads and logs).
 """
 
+from harness.records.backends import Claim
 from harness.records.experiments import listing
 from harness.records.ledger import Ledger
 from harness.records.schema import (
@@ -40,6 +41,7 @@ from harness.records.writer import TrackingError
 __all__ = [
     "SECONDS_PREFIX",
     "TRUE",
+    "Claim",
     "DatasetInput",
     "ExperimentTables",
     "Ledger",

@@ -71,22 +71,34 @@ def reopen_or_create(
     client: MlflowClient, experiment: str, role: str, match: str, name: str, tags: dict
 ) -> tuple[str, bool]:
     """The run with ``role`` (and matching the filter ``match``) that no live process holds,
-    set RUNNING again under this process, or a new one named ``name`` with ``tags``; returns
-    (run id, whether it is new). A run is held while it is RUNNING under a live owner (two
-    sweeps of one grid at once get a parent run each)."""
+    taken over by this process and set RUNNING again, or a new one named ``name`` with
+    ``tags``; returns (run id, whether it is new). A run is held while it is RUNNING under a
+    live owner (two sweeps of one grid at once get a parent run each); two processes that
+    reopen the same run at once: one takes it over (``take_over``), the other goes on."""
     owner = owners.owner_token()
     filter_string = f"tags.{Tag.ROLE} = '{role}'{match}"
     for run in all_runs(client, experiment, filter_string):
-        held = run.info.status == Status.RUNNING and owners.is_alive(
-            run.data.tags.get(Tag.OWNER, "")
-        )
-        if not held:
-            client.set_tag(run.info.run_id, Tag.OWNER, owner)
+        seen = run.data.tags.get(Tag.OWNER, "")
+        if run.info.status == Status.RUNNING and owners.is_alive(seen):
+            continue
+        if take_over(client, run.info.run_id, seen, owner):
             client.update_run(run.info.run_id, status=Status.RUNNING)
             return run.info.run_id, False
     new_tags = {Tag.ROLE: role, Tag.OWNER: owner, **tags}
     run = client.create_run(experiment, run_name=name, tags=new_tags)
     return run.info.run_id, True
+
+
+def take_over(client: MlflowClient, run_id: str, seen: str, owner: str) -> bool:
+    """Make ``owner`` the run's owner if its owner is still ``seen``: one conditional write
+    on a database; through a server, a plain one (the later of two writers wins)."""
+    from harness.records.backends import sql
+
+    store = sql.database_store(client)
+    if store is not None:
+        return sql.swap_tag(store, run_id, Tag.OWNER, seen, owner)
+    client.set_tag(run_id, Tag.OWNER, owner)
+    return True
 
 
 def all_runs(client: MlflowClient, experiment: str, matching: str = "") -> Iterator:

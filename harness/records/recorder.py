@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.config import yaml_text
 from harness.records import experiments
-from harness.records.backends import CreatedRun, Held, NewRun, Series, Writes, sql
+from harness.records.backends import Claim, CreatedRun, Held, NewRun, Series, Writes, sql
 from harness.records.backends.client import ClientWrites, in_threads
 from harness.records.schema import Status, Tag, is_grid_point
 
@@ -50,12 +50,13 @@ class Recorder:
         handles: list[str],
         experiment_id: str,
         new_runs: list[NewRun],
-        claim_since: int | None = None,
+        claim: Claim | None = None,
     ) -> list[Held | None]:
-        """Create the runs (with ``claim_since``: as claims on their grid points, see
+        """Create the runs (with a ``claim``: as claims on their grid points, see
         ``backends.holders``) and upload their configs; returns, per run, None where it was
-        created, else the ``Held`` of the run that holds its point."""
-        outcome = self.writes.create(experiment_id, new_runs, claim_since)
+        created, else the ``Held`` of the run that holds its point. Runs whose configs could
+        not be uploaded are ended FAILED before the error is raised."""
+        outcome = self.writes.create(experiment_id, new_runs, claim)
         created = [
             (handle, new, run)
             for handle, new, run in zip(handles, new_runs, outcome, strict=True)
@@ -72,7 +73,12 @@ class Recorder:
                 path.write_text(yaml_text(new.config))
                 sql.upload_artifact(str(path), run.artifact_uri, self.client.tracking_uri)
 
-            in_threads(upload, [(new, run) for _, new, run in created])
+            try:
+                in_threads(upload, [(new, run) for _, new, run in created])
+            except Exception as error:
+                message = f"{type(error).__name__}: {error}"
+                self.fail([handle for handle, _, _ in created], Status.FAILED, message, message)
+                raise
         return [run if isinstance(run, Held) else None for run in outcome]
 
     def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from harness import owners
 from harness.config import RunConfig, TrackingConfig, as_dict, fingerprint
 from harness.records import experiments
-from harness.records.backends import Held, NewRun, sql
+from harness.records.backends import Claim, Held, NewRun, sql
 from harness.records.provenance import environment_tags, source_tags
 from harness.records.schema import FALSE, TRUE, DatasetInput, Recorded, Status, Summary, Tag
 from harness.records.uri import check_uri, is_database, resolve_uri
@@ -56,7 +56,9 @@ class Store:
         except WriterDied as died:
             self.writer.close()
             self.writer = self._new_writer()
-            self.writer.call("end_owned", [], self.experiment_id, self.owner, str(died), reply=True)
+            experiment_id = getattr(self, "experiment_id", None)  # unset while opening
+            if experiment_id is not None:
+                self.writer.call("end_owned", [], experiment_id, self.owner, str(died), reply=True)
             raise TrackingError(str(died)) from None
 
     def _reply(self, method: str, handles: list[str], *args):
@@ -72,14 +74,14 @@ class Store:
         params: list[dict[str, str]],
         tags: list[dict[str, str]],
         inputs: Sequence[DatasetInput] = (),
-        claim_since: int | None = None,
+        claim: Claim | None = None,
     ) -> list[str | Held]:
         """Queue the creation of the runs (RUNNING) with their params, tags (besides the
         fingerprint, this process as their owner, versions, commit and source), the dataset
         ``inputs`` they all saw and their config artifacts; returns the handles that name
-        them in the other calls. With ``claim_since`` (ms: when the sweep planned), each run
-        is a claim on its grid point, made before this returns: a point another run holds
-        (``backends.holders``) gets that run's ``Held`` instead of a handle."""
+        them in the other calls. With a ``claim``, each run is a claim on its grid point, made
+        before this returns: a point another run holds (``backends.holders``) gets that
+        run's ``Held`` instead of a handle."""
         common = {Tag.OWNER: self.owner, **environment_tags(), **source_tags(self.source)}
         runs = [
             NewRun(
@@ -92,10 +94,10 @@ class Store:
             for spec, name, run_params, run_tags in zip(specs, names, params, tags, strict=True)
         ]
         handles = [uuid.uuid4().hex for _ in runs]
-        if claim_since is None:
+        if claim is None:
             self._call("start", handles, self.experiment_id, runs)
             return handles
-        held = self._reply("start", handles, self.experiment_id, runs, claim_since)
+        held = self._reply("start", handles, self.experiment_id, runs, claim)
         return [h if holder is None else holder for h, holder in zip(handles, held, strict=True)]
 
     def log_curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):

@@ -111,21 +111,33 @@ def settle(
     still RUNNING was cut short: it ends KILLED when the sweep was interrupted or its point
     reported killed, else FAILED (its worker or job died), only if it is still RUNNING then.
     Each point with such a run then counts as its run says (a point reported lost whose run
-    was written to the end counts as that run), and a point another sweep held counts as
-    that sweep's run ended."""
+    was written to the end counts as that run), and a point another sweep held (also one of
+    a cohort cut short that made no run of it) counts as that sweep's run ended, or as
+    skipped while it runs."""
     grid_runs = ledger.grid_runs()
     by_id = {record.run_id: record for record in grid_runs}
-    ours = {r.fingerprint: r for r in grid_runs if r.parent == parent and r.run_id not in known}
+    ours, others = {}, {}
+    for record in grid_runs:  # newest first
+        if record.run_id not in known:
+            mine = record.parent == parent
+            (ours if mine else others).setdefault(record.fingerprint, record)
     for position, point in enumerate(points):
         outcome = outcomes.get(position)
         record = ours.get(point.fingerprint)
         if record is not None and (outcome is None or outcome.trained):
             record = end_cut_short(record, outcome, ledger, interrupted)
             outcomes[position] = counted(record, outcome, trained=True)
-        elif outcome is not None and outcome.status == "skipped" and outcome.run_id in by_id:
-            held = by_id[outcome.run_id]
-            if held.status != Status.RUNNING:
-                outcomes[position] = counted(held, outcome, trained=False)
+            continue
+        if outcome is None or outcome.status not in ("skipped", "killed", "failed"):
+            continue
+        held = by_id.get(outcome.run_id) if outcome.status == "skipped" else None
+        if outcome.status != "skipped" and outcome.trained:  # a cohort cut short: a held point?
+            held = others.get(point.fingerprint)
+        if held is not None and held.status != Status.RUNNING:
+            outcomes[position] = counted(held, outcome, trained=False)
+        elif held is not None:
+            why = "another sweep is running it"
+            outcomes[position] = Outcome("skipped", held.run_id, why, trained=False)
 
 
 def end_cut_short(
@@ -203,9 +215,11 @@ def launch(
             job_overrides, initial_job_idx, root, hydra_context, settings, timing
         )
         kind, slurm, ray = settings.executor, settings.slurm, settings.ray
-        planned_at = int(1000 * time.time())
+        planned_ms = int(1000 * time.time())
         recorded = ledger.grid_runs()
         plan_ = plan(points, recorded, settings.force, owners.is_alive)
+        redone = {r.run_id for r in recorded if r.status == Status.FINISHED and settings.force}
+        claim = records.Claim(planned_ms, frozenset(redone))
         for record in plan_.stale:
             why = "left RUNNING by a process that died; redone"
             ledger.mark(record.run_id, Status.KILLED, why)
@@ -243,7 +257,7 @@ def launch(
         settings.memory_fraction,
         slots.count if local else 1,
         root.hydra.output_subdir,
-        planned_at,
+        claim,
         background=kind != "ray",
     )
     outcomes, interrupted = run_cohorts(

@@ -43,8 +43,8 @@ class CohortWork:
     each. A cohort larger than the memory budget (``memory_fraction`` of the free memory of
     the worker's device, shared by ``sharing`` workers on the host's memory) trains in pieces.
     Each worker uses ``threads`` CPU threads, so that the workers do not oversubscribe the
-    cores. Each cohort's runs are claims on their grid points (``claim_since``: when the sweep
-    planned, in ms), so that a point another sweep holds is skipped. ``background``: the store
+    cores. Each cohort's runs are claims on their grid points (``claim``, see
+    ``records.Claim``), so that a point another sweep holds is skipped. ``background``: the store
     writes from a forked process (not in a Ray worker, whose threads make forking unsafe)."""
 
     def __init__(
@@ -55,11 +55,11 @@ class CohortWork:
         memory_fraction: float,
         sharing: int,
         output_subdir: str | None,
-        claim_since: int,
+        claim: records.Claim,
         background: bool = True,
     ):
         self.uri, self.tags, self.threads, self.output_subdir = uri, tags, threads, output_subdir
-        self.claim_since = claim_since
+        self.claim = claim
         self.memory_fraction, self.sharing, self.background = memory_fraction, sharing, background
         self.problems: dict[str, Problem] = {}
         self.store: records.Store | None = None
@@ -100,7 +100,7 @@ class CohortWork:
                 self.store,
                 [p.name for p in points],
                 self.tags,
-                self.claim_since,
+                self.claim,
             )
         except Exception as error:  # recorded FAILED by record_cohort
             seconds = time.monotonic() - started

@@ -40,18 +40,31 @@ class Held:
     status: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Runs created as claims on their grid points by a sweep that planned at ``planned_ms``:
+    a point that another run holds gets no run (see ``holders``). ``redone``: the FINISHED
+    runs the sweep saw and redoes (``force``), which hold nothing."""
+
+    planned_ms: int
+    redone: frozenset[str] = frozenset()
+
+
 # A run that may hold a grid point: (run id, fingerprint, status, start time in ms, owner token)
 Candidate = tuple[str, str, str, int, str]
 
 
-def holders(candidates: Iterable[Candidate], since_ms: int) -> dict[str, Held]:
-    """The runs that hold their grid points against a claim made by a sweep that planned at
-    ``since_ms``, by fingerprint: a run RUNNING in a live process (another sweep trains it),
-    or one FINISHED that started since then (another sweep trained it meanwhile)."""
+def holders(candidates: Iterable[Candidate], claim: Claim) -> dict[str, Held]:
+    """The runs that hold their grid points against ``claim``, by fingerprint: a run RUNNING
+    in a live process (another sweep trains it), or one FINISHED that the claimant does not
+    redo (another sweep trained it meanwhile). Each owner is asked about once."""
     held: dict[str, Held] = {}
-    for run_id, fingerprint, status, start_ms, owner in candidates:
-        running = status == Status.RUNNING and owners.is_alive(owner)
-        if running or (status == Status.FINISHED and start_ms >= since_ms):
+    alive: dict[str, bool] = {}
+    for run_id, fingerprint, status, _, owner in candidates:
+        if status == Status.RUNNING and owner not in alive:
+            alive[owner] = owners.is_alive(owner)
+        running = status == Status.RUNNING and alive[owner]
+        if running or (status == Status.FINISHED and run_id not in claim.redone):
             held.setdefault(fingerprint, Held(run_id, status))
     return held
 

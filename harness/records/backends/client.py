@@ -21,7 +21,7 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 from harness.records import experiments
-from harness.records.backends import CreatedRun, Held, NewRun, Writes, holders
+from harness.records.backends import Claim, CreatedRun, Held, NewRun, Writes, holders
 from harness.records.backends.sql import dataset_input_entity
 from harness.records.schema import ExperimentTables, Status, Tag
 
@@ -36,6 +36,7 @@ TRANSIENT = (
     "UNIQUE constraint failed: datasets.",  # sqlite
 )
 RETRIES = 7
+CLAIM_MARGIN_MS = 600_000  # FINISHED runs a claim reads: those started since planning, less this
 HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"  # on an MLflow server
 HISTORY_LIMIT = 25_000  # points in one answer of that endpoint, at most
 HISTORY_RUNS = 100  # and runs in one request
@@ -74,17 +75,20 @@ class ClientWrites:
         self.client = client
 
     def create(
-        self, experiment_id: str, new_runs: list[NewRun], claim_since: int | None = None
+        self, experiment_id: str, new_runs: list[NewRun], claim: Claim | None = None
     ) -> list[CreatedRun | Held]:
-        """Create the runs; with ``claim_since`` (ms), not those whose grid points another
-        run holds (``backends.holders``). Through a client the claim is a search, then the
-        creation: two sweeps that claim the same point within that moment both run it."""
-        held = {} if claim_since is None else self._holders(experiment_id, claim_since)
+        """Create the runs; with a ``claim``, not those whose grid points another run holds
+        (``backends.holders``). Through a client the claim is a search, then the creation:
+        two sweeps that claim the same point within that moment both run it."""
+        held = {} if claim is None else self._holders(experiment_id, claim)
         fresh = [new for new in new_runs if new.tags[Tag.FINGERPRINT] not in held]
         created = iter(self._create(experiment_id, fresh))
         return [held.get(new.tags[Tag.FINGERPRINT]) or next(created) for new in new_runs]
 
-    def _holders(self, experiment_id: str, since: int) -> dict[str, Held]:
+    def _holders(self, experiment_id: str, claim: Claim) -> dict[str, Held]:
+        """The holders among RUNNING runs and those FINISHED since a while before the claimant
+        planned (a run is stamped before it is created; ``CLAIM_MARGIN_MS`` covers that)."""
+        since = claim.planned_ms - CLAIM_MARGIN_MS
         running = f"attributes.status = '{Status.RUNNING}'"
         finished = f"attributes.status = '{Status.FINISHED}' and attributes.start_time >= {since}"
         found = [
@@ -102,7 +106,7 @@ class ClientWrites:
             )
             for r in found
         ]
-        return holders(candidates, since)
+        return holders(candidates, claim)
 
     def _create(self, experiment_id: str, new_runs: list[NewRun]) -> list[CreatedRun]:
         def create_one(new: NewRun) -> CreatedRun:

@@ -40,7 +40,7 @@ from mlflow.utils.validation import (
 
 from harness import owners
 from harness.config import ConfigError
-from harness.records.backends import CreatedRun, Held, NewRun, Series, Writes, holders
+from harness.records.backends import Claim, CreatedRun, Held, NewRun, Series, Writes, holders
 from harness.records.schema import DATASET_CONTEXT, DatasetInput, ExperimentTables, Status, Tag
 from harness.records.uri import sqlite_path
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # MLflow's store modules take half a second to import: where 
 VERIFIED = {"dc11669786a5": "3.17.2", "f4a9b2c7d1e6": "3.18.0"}
 REVISION = re.compile(r"""^revision\s*=\s*["']([0-9a-f]+)["']""", re.MULTILINE)
 SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
+SQLITE_BUSY_MS = 120_000  # how long a writer waits for another's transaction on sqlite
 ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
 RUN_COLUMNS = (
     "run_uuid",
@@ -175,10 +176,41 @@ def create_if_missing(uri: str) -> None:
         _get_sqlalchemy_store(aside_uri, None).engine.dispose()
         with SqlAlchemyStore._engine_map_lock:
             SqlAlchemyStore._engine_map.pop(aside_uri, None)
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
+        _move_into_place(aside, path)
     finally:
         aside.unlink(missing_ok=True)
+
+
+def _move_into_place(aside: Path, path: Path) -> None:
+    """Link ``aside`` as ``path`` unless ``path`` exists (atomically); where the file system
+    has no hard links, rename it there after a check (another process may win in between)."""
+    try:
+        os.link(aside, path)
+    except FileExistsError:
+        return
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        if not path.exists():
+            os.rename(aside, path)
+
+
+def swap_tag(store: SqlAlchemyStore, run_id: str, key: str, seen: str, new: str) -> bool:
+    """Set the run's tag ``key`` to ``new`` only if it is still ``seen`` ("": absent), in one
+    conditional statement; False when another process changed it first."""
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+    from sqlalchemy import insert, update
+    from sqlalchemy.exc import IntegrityError
+
+    tags = SqlTag.__table__
+    if seen:
+        where = (tags.c.run_uuid == run_id, tags.c.key == key, tags.c.value == seen)
+        with store.engine.begin() as connection:
+            return connection.execute(update(tags).where(*where).values(value=new)).rowcount == 1
+    try:
+        with store.engine.begin() as connection:
+            connection.execute(insert(tags).values(run_uuid=run_id, key=key, value=new))
+    except IntegrityError:
+        return False
+    return True
 
 
 def check_schema(uri: str) -> None:
@@ -242,11 +274,11 @@ class DatabaseWrites:
         self.artifact_roots: dict[str, str] = {}
 
     def create(
-        self, experiment_id: str, new_runs: list[NewRun], claim_since: int | None = None
+        self, experiment_id: str, new_runs: list[NewRun], claim: Claim | None = None
     ) -> list[CreatedRun | Held]:
-        """Create the runs in one transaction. With ``claim_since`` (ms), each run is a claim
-        on its grid point: a point that another run holds (see ``backends.holders``) gets no
-        run but that run's ``Held``. The claim is atomic: the transaction first takes the
+        """Create the runs in one transaction. With a ``claim``, each run is a claim on its
+        grid point: a point that another run holds (see ``backends.holders``) gets no run
+        but that run's ``Held``. The claim is atomic: the transaction first takes the
         experiment's row for update, which serialises claims on one experiment (sqlite's
         write lock, a row lock on PostgreSQL and MySQL), then reads the holders."""
         if experiment_id not in self.artifact_roots:
@@ -259,8 +291,8 @@ class DatabaseWrites:
         datasets = self._datasets(int(experiment_id), new_runs)
         with self._transaction() as connection:
             held = {}
-            if claim_since is not None:
-                held = self._holders(connection, int(experiment_id), new_runs, claim_since)
+            if claim is not None:
+                held = self._holders(connection, int(experiment_id), new_runs, claim)
             outcome = [
                 held.get(new.tags[Tag.FINGERPRINT], run)
                 for run, new in zip(created, new_runs, strict=True)
@@ -303,7 +335,7 @@ class DatabaseWrites:
             int(experiment_id),
         )
 
-    def _holders(self, connection, experiment_id: int, new_runs: list, since: int) -> dict:
+    def _holders(self, connection, experiment_id: int, new_runs: list, claim: Claim) -> dict:
         """Take the experiment's row for the rest of the transaction (a write that changes
         nothing: sqlite takes its write lock, other databases the row's lock), then read who
         holds the new runs' grid points."""
@@ -316,7 +348,7 @@ class DatabaseWrites:
             .values(last_update_time=table.last_update_time)
         )
         wanted = {new.tags[Tag.FINGERPRINT] for new in new_runs}
-        return holders(self._candidates(connection, experiment_id, wanted), since)
+        return holders(self._candidates(connection, experiment_id, wanted), claim)
 
     def _candidates(self, connection, experiment_id: int, fingerprints: set[str]) -> list:
         """The experiment's active RUNNING and FINISHED runs of these grid points, as
@@ -434,10 +466,12 @@ class DatabaseWrites:
     @contextlib.contextmanager
     def _transaction(self):
         """A connection in a transaction; sqlite gets a page cache large enough to keep the
-        metric indexes in memory while a cohort's rows go in (a quarter less time)."""
+        metric indexes in memory while a cohort's rows go in (a quarter less time), and waits
+        up to ``SQLITE_BUSY_MS`` for other writers (many workers write one file)."""
         with self.store.engine.begin() as connection:
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
             yield connection
 
     @staticmethod
