@@ -13,7 +13,7 @@ from mlflow.store.db.utils import _get_latest_schema_revision
 from harness import engine, records, train
 from harness import problem as problem_module
 from harness.config import ConfigError
-from harness.records.backends import sql
+from harness.records.backends import opening, sql
 
 WINE = (
     "dataset=wine",
@@ -111,12 +111,12 @@ def test_a_dataset_another_writer_inserts_first_is_shared_not_a_failure(store_ur
 def test_the_installed_mlflow_writes_a_verified_schema(store_uri):
     """The bulk path is what runs here: the installed MLflow's schema is a verified one, and
     the revisions the harness reads off MLflow's migrations are alembic's."""
-    assert sql.known_revisions() == known_revisions()
-    assert _get_latest_schema_revision() in sql.VERIFIED
-    assert sql.VERIFIED[_get_latest_schema_revision()] == mlflow.__version__
+    assert opening.known_revisions() == known_revisions()
+    assert _get_latest_schema_revision() in opening.VERIFIED
+    assert opening.VERIFIED[_get_latest_schema_revision()] == mlflow.__version__
     client = mlflow.MlflowClient(tracking_uri=store_uri)
-    assert sql.bulk_verified(sql.database_store(client))
-    assert sql.unverified_note() is None
+    assert opening.bulk_verified(opening.database_store(client))
+    assert opening.unverified_note() is None
 
 
 def test_an_unverified_schema_is_written_through_mlflows_client_and_said_once(
@@ -124,7 +124,7 @@ def test_an_unverified_schema_is_written_through_mlflows_client_and_said_once(
 ):
     """On a schema the direct writes were not verified on, runs go through MLflow's client,
     with the same records, and a sweep's store says so once."""
-    monkeypatch.setattr(sql, "VERIFIED", {"0123456789ab": "0.0.0"})
+    monkeypatch.setattr(opening, "VERIFIED", {"0123456789ab": "0.0.0"})
     store = records.Store(store_uri, "runs", background=False)
     assert not isinstance(store.writer.calls.recorder.writes, sql.DatabaseWrites)
     store.close()
@@ -152,7 +152,7 @@ def known_revisions() -> set[str]:
 def test_a_store_of_a_newer_mlflow_is_refused_naming_both_versions(store_uri, run_cli):
     """A verified newer MLflow's schema revision (3.18.0's under 3.17.2, as 3.18.0 leaves a
     3.17 store it opened), then one no MLflow we know of wrote."""
-    newer = [r for r in sql.VERIFIED if r not in known_revisions()]
+    newer = [r for r in opening.VERIFIED if r not in known_revisions()]
     if not newer:
         pytest.skip(f"no verified MLflow is newer than the installed {mlflow.__version__}")
     set_revision(store_uri, newer[0])
@@ -160,11 +160,11 @@ def test_a_store_of_a_newer_mlflow_is_refused_naming_both_versions(store_uri, ru
         records.Ledger(store_uri, "runs")
     message = str(raised.value)
     assert raised.value.key == "tracking.uri"
-    assert f"MLflow {sql.VERIFIED[newer[0]]}" in message and mlflow.__version__ in message
+    assert f"MLflow {opening.VERIFIED[newer[0]]}" in message and mlflow.__version__ in message
     assert "mlflow db upgrade" in message
     code, _, err = run_cli("trainer.steps=3")
     assert code == 2 and err.startswith("error: tracking.uri=") and len(err.splitlines()) == 1
-    assert f"MLflow {sql.VERIFIED[newer[0]]}" in err
+    assert f"MLflow {opening.VERIFIED[newer[0]]}" in err
 
 
 def test_a_store_of_an_unknown_newer_schema_is_refused(store_uri):

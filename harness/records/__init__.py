@@ -9,10 +9,11 @@ RUNNING.
 
 Modules: ``schema`` (names and record types), ``uri`` (where a store is), ``provenance``
 (versions, commit, source tags), ``experiments`` (opening a store, finding experiments and
-runs), ``backends.sql`` and ``backends.client`` (the two write and read paths), ``recorder``
-and ``writer`` (batching a cohort's writes, in a forked process or inline), ``store`` (what
-training writes through), ``ledger`` (what a sweep reads and repairs), ``study`` (what the
-report stage reads and logs).
+runs), ``backends.opening`` (a database's schema and creation), ``backends.sql`` and
+``backends.client`` (the two write and read paths), ``recorder`` and ``writer`` (batching a
+cohort's writes, in a forked process or inline), ``store`` (what training writes through),
+``ledger`` (what a sweep reads and repairs), ``study`` (what the report stage reads and
+logs).
 """
 
 from harness.records.backends import Claim

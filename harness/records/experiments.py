@@ -18,11 +18,11 @@ from harness.records.uri import artifact_location, is_database
 
 def connect(uri: str) -> MlflowClient:
     """MLflow's client of the store at ``uri``, after refusing a database the installed MLflow
-    cannot open (ConfigError: see ``backends.sql.check_schema``)."""
+    cannot open (ConfigError: see ``backends.opening.check_schema``)."""
     if is_database(uri):
-        from harness.records.backends import sql
+        from harness.records.backends import opening
 
-        sql.check_schema(uri)
+        opening.check_schema(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -92,9 +92,9 @@ def reopen_or_create(
 def take_over(client: MlflowClient, run_id: str, seen: str, owner: str) -> bool:
     """Make ``owner`` the run's owner if its owner is still ``seen``: one conditional write
     on a database; through a server, a plain one (the later of two writers wins)."""
-    from harness.records.backends import sql
+    from harness.records.backends import opening, sql
 
-    store = sql.database_store(client)
+    store = opening.database_store(client)
     if store is not None:
         return sql.swap_tag(store, run_id, Tag.OWNER, seen, owner)
     client.set_tag(run_id, Tag.OWNER, owner)
@@ -118,9 +118,9 @@ def end_if_running(client: MlflowClient, run_id: str, status: str, why: str) -> 
     only if it is still RUNNING; False when it was not. On a database the check and the
     change are one conditional update; through a server they are two calls, with a moment
     between them in which the run's own process may end it (its status then wins)."""
-    from harness.records.backends import sql
+    from harness.records.backends import opening, sql
 
-    store = sql.database_store(client)
+    store = opening.database_store(client)
     if store is not None:
         ended = sql.end_running(store, run_id, status, int(1000 * time.time()))
     else:

@@ -9,7 +9,7 @@ import time
 from mlflow.entities import Metric, Param, RunTag
 
 from harness.records import experiments
-from harness.records.backends import sql
+from harness.records.backends import opening
 from harness.records.provenance import environment_tags, source_tags
 from harness.records.schema import (
     OUTCOME_PREFIX,
@@ -25,7 +25,7 @@ from harness.records.uri import is_database
 class Ledger:
     """Opened from the sweep's own process, before any worker runs: opening it creates the
     database schema and the experiment once, or refuses the store (ConfigError), and says once
-    when runs will go through MLflow's client (``backends.sql.unverified_note``)."""
+    when runs will go through MLflow's client (``backends.opening.unverified_note``)."""
 
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
@@ -34,7 +34,7 @@ class Ledger:
             self.experiment_id = experiments.experiment_id(self.client, experiment)
         except Exception as error:  # a read-only store, a deleted experiment, ...
             raise experiments.cannot_open(uri, error) from error
-        note = sql.unverified_note() if is_database(uri) else None
+        note = opening.unverified_note() if is_database(uri) else None
         if note:
             print(note, file=sys.stderr)
 

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from harness.config import yaml_text
 from harness.records import experiments
-from harness.records.backends import Claim, CreatedRun, Held, NewRun, Series, Writes, sql
+from harness.records.backends import (
+    Claim,
+    CreatedRun,
+    Held,
+    NewRun,
+    Series,
+    Writes,
+    opening,
+    sql,
+)
 from harness.records.backends.client import ClientWrites, in_threads
 from harness.records.schema import Status, Tag, is_grid_point
 
@@ -33,8 +42,8 @@ class Recorder:
 
     def __init__(self, uri: str, flush_seconds: float = FLUSH_SECONDS, bulk: bool = True):
         self.client = experiments.connect(uri)
-        store = sql.database_store(self.client)
-        direct = bulk and store is not None and sql.bulk_verified(store)
+        store = opening.database_store(self.client)
+        direct = bulk and store is not None and opening.bulk_verified(store)
         self.writes = (
             sql.DatabaseWrites(store, self.client) if direct else ClientWrites(self.client)
         )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from harness import owners
 from harness.config import RunConfig, TrackingConfig, as_dict, fingerprint
 from harness.records import experiments
-from harness.records.backends import Claim, Held, NewRun, sql
+from harness.records.backends import Claim, Held, NewRun, opening
 from harness.records.provenance import environment_tags, source_tags
 from harness.records.schema import FALSE, TRUE, DatasetInput, Recorded, Status, Summary, Tag
 from harness.records.uri import check_uri, is_database, resolve_uri
@@ -149,12 +149,12 @@ def open_store(
     """Resolve and check the URI (``uri``, the sweep's already resolved one, else the
     config's), then open the store and its experiment (``background``, ``source``: see
     ``Store``). Unless ``quiet``, says once when runs will go through MLflow's client on a
-    database (see ``backends.sql.unverified_note``). Raises ConfigError when it cannot."""
+    database (see ``backends.opening.unverified_note``). Raises ConfigError when it cannot."""
     uri = uri or resolve_uri(cfg.uri)
     check_uri(uri)
     if is_database(uri):  # with a connection of its own: none may cross the writer's fork
-        sql.check_schema(uri)
-        note = sql.unverified_note()
+        opening.check_schema(uri)
+        note = opening.unverified_note()
         if note and not quiet:
             print(note, file=sys.stderr)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from harness.config import ConfigError
 from harness.records import experiments
 from harness.records.backends import client as client_backend
-from harness.records.backends import sql
+from harness.records.backends import opening, sql
 from harness.records.provenance import source_tags
 from harness.records.schema import ExperimentTables, Role, Status
 from harness.records.uri import is_server
@@ -22,7 +22,7 @@ def read_experiment(uri: str, experiment: str) -> ExperimentTables:
     experiment_id = experiments.find_experiment(client, experiment)
     if is_server(uri):
         return client_backend.read_tables(uri, experiment_id)
-    store = sql.database_store(client)
+    store = opening.database_store(client)
     if store is None:
         allowed = "expected a database store (sqlite:///..., postgresql://..., mysql://...)"
         raise ConfigError("tracking.uri", uri, allowed)

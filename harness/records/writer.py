@@ -10,7 +10,7 @@ import queue
 import signal
 from multiprocessing.util import Finalize
 
-from harness.records.backends import sql
+from harness.records.backends import opening
 from harness.records.recorder import Recorder
 from harness.records.schema import Status
 
@@ -40,7 +40,7 @@ def _serve(uri: str, inbox, outbox, parent: int, options: dict) -> None:
     end: SLURM signals every process of the job); the writer ends when its parent does."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
-    sql.forget_inherited_stores()
+    opening.forget_inherited_stores()
     calls = _Calls(uri, options)
     for method, handles, args, reply in _messages(inbox, parent):
         answer = calls.call(method, handles, args, reply)
