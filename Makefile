@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch 2.13.0 has a CPU wheel cached on the lab machines; override for a CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# torch 2.13.0 has a CPU wheel cached on the lab machines; override for a CUDA build. torchvision
+# is pinned with it, or pip would pull a newer torch (a CUDA build, several GB) to match.
+# (PyPI's torchvision for Linux is a CUDA build whose C++ ops cannot load over a CPU torch; the
+# harness uses only its data sets, see harness/images.py.) One requirement per word.
+TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 ARGS ?=
 EXP  ?= lecture
 JOBS ?= 1
@@ -18,6 +21,8 @@ DB_PASSWORD_FILE ?=
 # alone is split into words on purpose, a list of overrides; quote an override with a space:
 #   make run ARGS="'tracking.experiment=my study' optimizer=adam"
 q = '$(subst ','\'',$($(1)))'
+# $(call qw,NAME): each space-separated word of NAME's value as a shell word of its own.
+qw = $(foreach word,$($(1)),'$(subst ','\'',$(word))')
 
 .DEFAULT_GOAL := help
 .PHONY: help install run sweep studies report ui server test test-slow test-all test-cluster bench lint clean
@@ -27,7 +32,7 @@ help: ## list the targets
 
 $(BIN)/.installed: pyproject.toml
 	$(call q,PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(call q,TORCH_SPEC)
+	$(BIN)/pip install --quiet $(call qw,TORCH_SPEC)
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
 	touch $@
 

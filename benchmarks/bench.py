@@ -1,4 +1,5 @@
-"""``make bench``: the speed goals, measured side by side in one process (CPU, float64).
+"""``make bench``: the speed goals, measured side by side in one process (CPU, float64, and
+float32 for the digits_cnn rows).
 
 1. A single MLP-on-digits run (30 epochs, Adam, batch 32) through the harness (engine and
    MLflow tracking into a fresh sqlite store) against a bare torch loop doing the same
@@ -24,10 +25,25 @@
    launcher with ``max_cohort=1`` (the same sweep, cohorts of one).
 8. Collecting a 1000-run study with 200-point curves into the report's tidy frame, against
    ``mlflow.search_runs`` plus one ``get_metric_history`` per run. Goal: at most 10 s.
+9. 64 runs of ``digits_cnn`` (SGD, 16 learning rates x 4 seeds, 5 epochs) as one cohort against
+   the same 64 trained one after another as plain PyTorch loops (``benchmarks/cnn_bench.py``).
+   Goal: at least 3x.
+10. One ``digits_cnn`` run (Adam, 100 epochs) through the harness (engine and MLflow tracking
+    into a fresh sqlite store) against a bare PyTorch loop doing the same training and the
+    same per-epoch evaluation. Goal: at most 1.15x.
+11. The peak memory (PSS) of the 64-run ``digits_cnn`` cohort in a process of its own, against
+    the same process stopped after loading the data; and the largest ``digits_cnn`` cohort the
+    sweep's memory budget admits (its default ``memory_fraction`` of the free memory, one
+    worker, over ``engine.run_bytes``).
+12. GPU rows, on the first CUDA device: 9. there (20 epochs; goal: at least 20x) and the
+    largest cohort its memory budget admits. Without CUDA, one row says so.
+
+``python benchmarks/bench.py --gpu`` runs the GPU rows alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -36,6 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cnn_bench
 import torch
 from compose_bench import bench_compose
 from hydra import initialize_config_dir
@@ -49,6 +66,7 @@ from reports.collect import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
+CNN_EPOCHS = {"cpu": 5, "cuda": 20}  # of the 64-run digits_cnn cohort (9. and 12.)
 
 
 def bare_torch_loop(
@@ -81,6 +99,32 @@ def bare_torch_loop(
     return time.perf_counter() - start
 
 
+def side_by_side(spec, problem, bare, repeats: int) -> dict[str, float]:
+    """One run of ``spec`` through the harness (engine and tracking into a fresh sqlite store)
+    against ``bare()``, which returns its seconds: ``repeats`` times each, side by side, after
+    a warm-up of both. The median times, the median of the ratios, the test accuracy."""
+    harness_times, bare_times = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        spec.tracking.uri = f"sqlite:///{folder}/bench.db"
+        store = records.open_store(spec.tracking)
+        train.train_and_record(spec, problem, store)  # warm-up
+        bare()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _, result = train.train_and_record(spec, problem, store)
+            harness_times.append(time.perf_counter() - start)
+            bare_times.append(bare())
+        store.close()
+    harness_s, bare_s = statistics.median(harness_times), statistics.median(bare_times)
+    ratios = [h / b for h, b in zip(harness_times, bare_times, strict=True)]
+    return {
+        "harness_s": harness_s,
+        "bare_s": bare_s,
+        "ratio": statistics.median(ratios),
+        "test_accuracy": result.final("test_accuracy"),
+    }
+
+
 def bench_single_run() -> dict[str, float]:
     spec = compose_spec(
         "dataset=digits",
@@ -93,25 +137,17 @@ def bench_single_run() -> dict[str, float]:
         "trainer.device=cpu",
     )
     problem = problem_module.build(spec).on(torch.device("cpu"), torch.float64)
-    harness_times, bare_times = [], []
-    with tempfile.TemporaryDirectory() as folder:
-        spec.tracking.uri = f"sqlite:///{folder}/bench.db"
-        store = records.open_store(spec.tracking)
-        train.train_and_record(spec, problem, store)  # warm-up
-        bare_torch_loop(problem, 30, 32, 1e-3, 0)
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            _, result = train.train_and_record(spec, problem, store)
-            harness_times.append(time.perf_counter() - start)
-            bare_times.append(bare_torch_loop(problem, 30, 32, 1e-3, 0))
-    harness_s, bare_s = statistics.median(harness_times), statistics.median(bare_times)
-    ratios = [h / b for h, b in zip(harness_times, bare_times, strict=True)]
-    return {
-        "harness_s": harness_s,
-        "bare_s": bare_s,
-        "ratio": statistics.median(ratios),
-        "test_accuracy": result.final("test_accuracy"),
-    }
+    return side_by_side(spec, problem, lambda: bare_torch_loop(problem, 30, 32, 1e-3, 0), REPEATS)
+
+
+def bench_cnn_run(repeats: int = 3) -> dict[str, float]:
+    """10.: one Adam run of digits_cnn (its 100 epochs) against ``cnn_bench.plain_loop``."""
+    spec = compose_spec("+problem=digits_cnn", "optimizer=adam", "trainer.device=cpu")
+    problem = problem_module.build(spec).on(torch.device("cpu"), torch.float32)
+    found = side_by_side(
+        spec, problem, lambda: cnn_bench.plain_loop(spec, problem.data)[0], repeats
+    )
+    return {**found, "epochs": spec.trainer.epochs}
 
 
 def bench_startup() -> float:
@@ -245,6 +281,18 @@ def measured(command: list[str]) -> dict[str, float]:
     return {"seconds": seconds, "peak_bytes": peak}
 
 
+def bench_cnn_memory(runs: int = 64) -> dict[str, float]:
+    """11.: the peak memory of ``runs`` digits_cnn runs trained as one cohort for an epoch,
+    each way in a process of its own: ``cohort``, and ``baseline``, the same process stopped
+    after loading the data and building the model."""
+    script = [sys.executable, "benchmarks/cnn_bench.py"]
+    return {
+        "runs": runs,
+        "cohort": measured([*script, str(runs)])["peak_bytes"],
+        "baseline": measured([*script, "0"])["peak_bytes"],
+    }
+
+
 def sweep_times(uri: str, experiment: str) -> dict[str, float]:
     """The ``seconds_*`` metrics the sweep recorded on its parent run."""
     import mlflow
@@ -361,17 +409,72 @@ def mib(value: float) -> str:
     return f"{value / 2**20:.0f} MiB"
 
 
+def cnn_cohort_row(found: dict, where: str, goal: str) -> tuple[str, ...]:
+    return (
+        f"{found['runs']} digits_cnn runs (SGD, {len(cnn_bench.RATES)} rates x "
+        f"{cnn_bench.SEEDS} seeds) x {found['epochs']} epochs, float32, on {where} (best test "
+        f"acc: cohort {found['cohort_accuracy']:.3f}, plain {found['plain_accuracy']:.3f})",
+        f"cohort {found['cohort_s']:.1f} s",
+        f"plain PyTorch loops one after another {found['plain_s']:.1f} s",
+        f"{found['speedup']:.2f}x (plain / cohort)",
+        goal,
+    )
+
+
+def largest_cohort_row(where: str, found: dict) -> tuple[str, ...]:
+    return (
+        f"largest digits_cnn cohort the memory budget admits on {where}",
+        f"{found['runs']} runs",
+        f"budget {mib(found['budget'])} (memory_fraction "
+        f"{found['fraction']} of the free memory) / {found['per_run'] / 2**20:.2f} MiB per run "
+        "(engine.run_bytes)",
+        "",
+        "",
+    )
+
+
+def gpu_rows() -> list[tuple[str, ...]]:
+    """12.: the GPU rows on the first CUDA device; one row saying there is none without."""
+    if not torch.cuda.is_available():
+        return [("digits_cnn cohort on a GPU", "no CUDA device", "", "", ">= 20x")]
+    device = torch.device("cuda", 0)
+    where = torch.cuda.get_device_name(device)
+    largest = cnn_bench.largest_cohort(device)  # before the benchmark takes GPU memory
+    found = cnn_bench.bench_cohort_vs_plain(device, CNN_EPOCHS["cuda"])
+    return [cnn_cohort_row(found, where, ">= 20x"), largest_cohort_row(where, largest)]
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    print("| benchmark | harness | reference | ratio | goal |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description="The speed goals, measured side by side.")
+    parser.add_argument("--gpu", action="store_true", help="run the GPU rows alone")
+    gpu_only = parser.parse_args().gpu
     torch.set_num_threads(1)
+    if gpu_only:
+        print_table(gpu_rows())
+        return
     single = bench_single_run()
     startup = bench_startup()
     cohort = bench_cohort()
     composed = bench_compose(300)
     tracked = bench_tracking()
     gathered = bench_collect()
+    cpu = torch.device("cpu")
+    cnn = cnn_bench.bench_cohort_vs_plain(cpu, CNN_EPOCHS["cpu"])
+    cnn_single = bench_cnn_run()
+    gpu = gpu_rows()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     end_to_end = bench_end_to_end()
     mlp = bench_mlp_grid()
+    cnn_memory = bench_cnn_memory()
+    added = cnn_memory["cohort"] - cnn_memory["baseline"]
+    largest = cnn_bench.largest_cohort(cpu)
     ours, plain = end_to_end["harness"], end_to_end["plain"]
     rows = [
         (
@@ -442,11 +545,28 @@ def main() -> None:
             f"{gathered['reference_s'] / gathered['harness_s']:.0f}x faster",
             "<= 10 s",
         ),
+        cnn_cohort_row(cnn, "the CPU (1 thread)", ">= 3x"),
+        (
+            f"one digits_cnn run (Adam, {cnn_single['epochs']} epochs, test acc "
+            f"{cnn_single['test_accuracy']:.3f})",
+            f"{cnn_single['harness_s']:.2f} s",
+            f"bare torch loop {cnn_single['bare_s']:.2f} s",
+            f"{cnn_single['ratio']:.2f}x",
+            "<= 1.15x",
+        ),
+        (
+            f"peak memory (PSS) of the {cnn_memory['runs']}-run digits_cnn cohort, one epoch",
+            mib(cnn_memory["cohort"]),
+            f"the same process after imports and data {mib(cnn_memory['baseline'])}: the "
+            f"cohort adds {mib(added)} (engine.run_bytes: "
+            f"{mib(cnn_memory['runs'] * largest['per_run'])})",
+            "",
+            "",
+        ),
+        largest_cohort_row("the CPU", largest),
+        *gpu,
     ]
-    print("| benchmark | harness | reference | ratio | goal |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(rows)
     times = ours["times"]
     print("\n(e) where the time of (b) goes, in seconds (train and track summed over workers):\n")
     print("| " + " | ".join(times) + " |")

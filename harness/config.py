@@ -6,9 +6,9 @@ Hydra's ConfigStore under ``schema/<group>/<option>`` by :func:`register` (which
 keys while composing. Ranges are checked in ``__post_init__``, which runs when
 :func:`to_spec` turns the composed config into these dataclasses; :func:`to_spec` then refuses
 numbers that are not finite and keys added with ``+`` (free-form keys belong only in a
-``dict`` field, such as a torch optimizer's ``kwargs``), and cross-group fits (model and loss,
-optimizer and batch size) are checked by :func:`check_combination`. Every failure is a
-:class:`ConfigError` naming the key, the value and what is allowed.
+``dict`` field, such as a torch optimizer's or a module's ``kwargs``), and cross-group fits
+(model and loss, optimizer and batch size) are checked by :func:`check_combination`. Every
+failure is a :class:`ConfigError` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -128,11 +128,19 @@ class GeneratedDatasetConfig(DatasetConfig):
         )
 
 
-@dataclass
-class IdxDatasetConfig(DatasetConfig):
-    """MNIST-style IDX files in ``root``; ``limit`` keeps the first N training images."""
+MIRROR_SCHEMES = ("http://", "https://")  # what torchvision's downloader reads
 
-    root: str = "data/mnist"
+
+@dataclass
+class ImageDatasetConfig(DatasetConfig):
+    """An image set of torchvision's (MNIST, Fashion-MNIST, CIFAR-10), downloaded into
+    ``root`` on first use (null: the user's cache folder, see :func:`harness.paths.dataset_cache`)
+    from ``mirror``, a base URL standing in for torchvision's own (null: torchvision's);
+    ``limit`` keeps the first N training images; the validation split comes from the training
+    set, the test split is the set's own test files; ``standardize`` works per channel."""
+
+    root: str | None = None
+    mirror: str | None = None
     limit: int | None = None
     val_fraction: float = 0.1
     standardize: bool = True
@@ -140,6 +148,18 @@ class IdxDatasetConfig(DatasetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive("dataset.limit", self.limit)
+        _require(
+            self.root is None or self.root.strip() != "",
+            "dataset.root",
+            self.root,
+            "expected a folder, or null for the user's cache folder",
+        )
+        _require(
+            self.mirror is None or self.mirror.startswith(MIRROR_SCHEMES),
+            "dataset.mirror",
+            self.mirror,
+            f"expected a base URL starting with {', '.join(MIRROR_SCHEMES)}, or null",
+        )
 
 
 @dataclass
@@ -185,6 +205,17 @@ class MlpModelConfig(ModelConfig):
         _require(self.depth >= 1, "model.depth", self.depth, "expected at least 1 hidden layer")
         _require(self.width >= 1, "model.width", self.width, "expected at least 1 unit")
         _one_of("model.activation", self.activation, ("relu", "tanh", "sigmoid", "gelu"))
+
+
+@dataclass
+class ModuleModelConfig(ModelConfig):
+    """Any ``torch.nn.Module`` class by import path (``target``: ``package.module.Class``)
+    built with the keyword arguments ``kwargs``; the harness adds ``inputs``, ``input_shape``
+    and ``outputs`` (the data set's sizes) where the constructor takes them and ``kwargs``
+    does not set them (see :mod:`harness.modules`)."""
+
+    target: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -539,8 +570,8 @@ def check_values(node: Any, key: str) -> None:
     """Refuse, anywhere in ``node`` (found at ``key``), a float that is inf or NaN (alone or
     in a list) and an attribute that is not a field of its dataclass: ``OmegaConf.to_object``
     sets a key added with ``+`` as such an attribute, which nothing would read. Keys inside
-    a ``dict`` field (a torch optimizer's ``kwargs``) are free-form and only their values
-    are checked."""
+    a ``dict`` field (a torch optimizer's or a module's ``kwargs``) are free-form and only
+    their values are checked."""
     if is_dataclass(node):
         names = [f.name for f in fields(node)]
         for extra in sorted(vars(node).keys() - set(names)):
@@ -550,7 +581,7 @@ def check_values(node: Any, key: str) -> None:
                 _dotted(key, extra),
                 getattr(node, extra),
                 f"{owner} takes {allowed}; + adds keys only to a free-form dict "
-                "(optimizer.kwargs of optimizer=torch)",
+                "(optimizer.kwargs of optimizer=torch, model.kwargs of model=module)",
             )
         children = {name: getattr(node, name) for name in names}
     elif isinstance(node, dict):

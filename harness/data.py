@@ -1,22 +1,22 @@
-"""Data sets: the lecture's toy sets, generated sets, scikit-learn's bundled sets and IDX files.
+"""Data sets: the lecture's toy sets, generated sets, scikit-learn's bundled sets and
+torchvision's image sets (MNIST, Fashion-MNIST, CIFAR-10).
 
 Every loader returns all (x, y) pairs; :func:`load` then draws the seeded train/validation/test
 split and standardises features (and regression targets, where asked) with statistics of the
-training split only. Nothing is downloaded: toy sets ship as package data, the real sets come
-with scikit-learn, and MNIST-style sets are read from files the user placed in ``root``. A data
-file that cannot be used (a value that is not a finite number, a corrupt or truncated IDX file)
-is a :class:`DataFileError` naming the file (and the line), which :func:`load` refuses as a
-ConfigError on ``dataset``.
+training split only: per feature for tables, per channel for the image sets (whose pixels are
+scaled to [0, 1] first). Toy sets ship as package data, the real tabular sets come with
+scikit-learn, and the image sets are downloaded into a cache folder on first use (see
+:mod:`harness.images`). A data file that cannot be used (a value that is not a finite number, a
+corrupt or truncated IDX file or CIFAR batch) is a :class:`DataFileError` naming the file (and
+the line), which :func:`load` refuses as a ConfigError on ``dataset``.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -27,19 +27,22 @@ from harness.config import (
     ConfigError,
     DatasetConfig,
     GeneratedDatasetConfig,
-    IdxDatasetConfig,
+    ImageDatasetConfig,
     NoDatasetConfig,
     Option,
     SklearnDatasetConfig,
     ToyDatasetConfig,
 )
+from harness.images import DataFileError, read_images
 
 REGRESSION, BINARY, MULTICLASS, NO_DATA = "regression", "binary", "multiclass", "none"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Tensors of one split of a data set; ``y`` is float for regression, int64 for classes."""
+    """Tensors of one split of a data set; ``y`` is float for regression, int64 for classes.
+    Inputs are flat, (N, features); ``shape`` is one example's shape before flattening (an
+    image's (channels, height, width); ``(features,)`` for a table)."""
 
     name: str
     task: str
@@ -51,10 +54,16 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     split_digest: str
+    shape: tuple[int, ...] = ()
 
     @property
     def features(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: ``shape`` where the loader gave one, else ``(features,)``."""
+        return self.shape or (self.features,)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -72,19 +81,20 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Arrays:
-    """Raw arrays of a data set, before splitting; ``test`` holds a fixed test set if any."""
+    """Raw arrays of a data set, before splitting; ``test`` holds a fixed test set if any;
+    ``shape`` is one example's shape when its features are an image's pixels; with
+    ``pixels`` the features are uint8 pixel values (channel after channel, as in ``shape``),
+    to be scaled to [0, 1] and standardised per channel."""
 
     x: np.ndarray
     y: np.ndarray
     task: str
     test: tuple[np.ndarray, np.ndarray] | None = None
+    shape: tuple[int, ...] = ()
+    pixels: bool = False
 
 
 # ----------------------------------------------------------------------------- loaders
-
-
-class DataFileError(ValueError):
-    """A data file that cannot be used; the message names the file (and the line)."""
 
 
 def read_csv(path: Path) -> np.ndarray:
@@ -150,73 +160,34 @@ def _moons(cfg: DatasetConfig) -> Arrays:
     return Arrays(x, y, BINARY)
 
 
-def _sklearn(loader_name: str, task: str) -> Callable[[DatasetConfig], Arrays]:
+def _sklearn(
+    loader_name: str, task: str, shape: tuple[int, ...] = ()
+) -> Callable[[DatasetConfig], Arrays]:
     def load(_: DatasetConfig) -> Arrays:
         import sklearn.datasets
 
         bunch = getattr(sklearn.datasets, loader_name)()
-        return Arrays(np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target), task)
+        x = np.asarray(bunch.data, dtype=np.float64)
+        return Arrays(x, np.asarray(bunch.target), task, shape=shape)
 
     return load
 
 
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX array of ``ndim`` dimensions (optionally gzipped): magic 0,0,type,ndim;
-    big-endian int32 dims; data. Anything else is a DataFileError naming the file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as stream:
-            raw = stream.read()
-    except (OSError, EOFError) as error:
-        raise DataFileError(f"{path} cannot be read: {error}") from error
-    if len(raw) < 4 or raw[:3] != bytes([0, 0, 0x08]) or raw[3] != ndim:
-        raise DataFileError(f"{path} is not an unsigned-byte IDX file of ndim {ndim}")
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) != header + math.prod(shape):
-        raise DataFileError(f"{path} holds {len(raw) - header} values, its header says {shape}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _find_idx(root: Path, base: str) -> Path | None:
-    for candidate in (root / base, root / f"{base}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _idx(cfg: DatasetConfig, source: str) -> Arrays:
-    """Images scaled to [0, 1] and flattened; the t10k files are the test split. Missing files
-    are an error that says where to download them: ``source``."""
-    root = Path(cfg.root).expanduser()
-    parts = {}
-    for part, (images_name, labels_name) in IDX_FILES.items():
-        images, labels = _find_idx(root, images_name), _find_idx(root, labels_name)
-        if images is None or labels is None:
-            names = ", ".join(n for pair in IDX_FILES.values() for n in pair)
-            raise ConfigError(
-                "dataset.root",
-                str(root),
-                f"expected the four {cfg.name} IDX files ({names}, optionally .gz) there; "
-                f"download them from {source} and set dataset.root to their folder",
-            )
-        pixels, targets = read_idx(images, 3), read_idx(labels, 1)
-        if len(pixels) != len(targets):
-            raise DataFileError(
-                f"{images} holds {len(pixels)} images, {labels} {len(targets)} labels"
-            )
-        x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255.0
-        parts[part] = (x, targets.astype(np.int64))
-    x, y = parts["train"]
+def _images(cfg: DatasetConfig) -> Arrays:
+    """torchvision's image set ``cfg.name``, flattened; its test files are the test split;
+    ``limit`` keeps the first training images."""
+    (x, y), (x_test, y_test) = read_images(cfg.name, cfg.root, cfg.mirror)
     if cfg.limit is not None:
         x, y = x[: cfg.limit], y[: cfg.limit]
-    return Arrays(x, y, MULTICLASS, test=parts["test"])
+    features = math.prod(x.shape[1:])
+    return Arrays(
+        x.reshape(len(x), features),
+        y,
+        MULTICLASS,
+        test=(x_test.reshape(len(x_test), features), y_test),
+        shape=x.shape[1:],
+        pixels=True,
+    )
 
 
 def _no_data(_: DatasetConfig) -> Arrays:
@@ -231,16 +202,11 @@ OPTIONS: dict[str, Option] = {
     "moons": Option(GeneratedDatasetConfig, _moons),
     "diabetes": Option(SklearnDatasetConfig, _sklearn("load_diabetes", REGRESSION)),
     "breast_cancer": Option(SklearnDatasetConfig, _sklearn("load_breast_cancer", BINARY)),
-    "digits": Option(SklearnDatasetConfig, _sklearn("load_digits", MULTICLASS)),
+    "digits": Option(SklearnDatasetConfig, _sklearn("load_digits", MULTICLASS, (1, 8, 8))),
     "wine": Option(SklearnDatasetConfig, _sklearn("load_wine", MULTICLASS)),
-    "mnist": Option(
-        IdxDatasetConfig,
-        partial(_idx, source="the MNIST page (yann.lecun.com/exdb/mnist) or any mirror of it"),
-    ),
-    "fashion_mnist": Option(
-        IdxDatasetConfig,
-        partial(_idx, source="github.com/zalandoresearch/fashion-mnist (data/fashion)"),
-    ),
+    "mnist": Option(ImageDatasetConfig, _images),
+    "fashion_mnist": Option(ImageDatasetConfig, _images),
+    "cifar10": Option(ImageDatasetConfig, _images),
     "none": Option(NoDatasetConfig, _no_data),
 }
 """Every data set by name: its schema and its loader, which returns all (x, y) pairs."""
@@ -268,6 +234,30 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(a - mean) / std for a in (train, *others)]
 
 
+def _scale_pixels(parts: list[np.ndarray], channels: int, standardize: bool) -> list[np.ndarray]:
+    """uint8 pixels (N, channels * pixels per channel) as float64 in [0, 1]; with
+    ``standardize``, minus the mean and over the standard deviation of all pixels of that
+    channel in ``parts[0]`` (the training split); a constant channel is only centred. Each
+    part is copied once, into its float64 result."""
+    per_channel = parts[0].shape[1] // channels
+    train = parts[0].reshape(len(parts[0]), channels, per_channel)
+    shift, scale = np.zeros(channels), np.full(channels, 255.0)
+    if standardize and len(train):
+        values = np.arange(256) / 255.0
+        for channel in range(channels):
+            counts = np.bincount(train[:, channel].ravel(), minlength=256)
+            mean = counts @ values / counts.sum()
+            std = math.sqrt(counts @ (values - mean) ** 2 / counts.sum())
+            shift[channel], scale[channel] = 255.0 * mean, 255.0 * (std if std > 0 else 1.0)
+    scaled = []
+    for part in parts:
+        x = part.reshape(len(part), channels, per_channel).astype(np.float64)
+        x -= shift[:, None]
+        x /= scale[:, None]
+        scaled.append(x.reshape(len(part), channels * per_channel))
+    return scaled
+
+
 def load(cfg: DatasetConfig) -> Dataset:
     """Load, split and standardise the data set ``cfg`` names; a data file that cannot be used
     is a ConfigError on ``dataset``."""
@@ -288,7 +278,9 @@ def load(cfg: DatasetConfig) -> Dataset:
     y_parts = [arrays.y[train], arrays.y[val], arrays.y[test]]
     if arrays.test is not None:
         x_parts[2], y_parts[2] = arrays.test
-    if cfg.standardize and len(train):
+    if arrays.pixels:
+        x_parts = _scale_pixels(x_parts, arrays.shape[0], cfg.standardize)
+    elif cfg.standardize and len(train):
         x_parts = _standardize(*x_parts)
         if arrays.task == REGRESSION and getattr(cfg, "standardize_target", False):
             y_parts = _standardize(*y_parts)
@@ -303,4 +295,6 @@ def load(cfg: DatasetConfig) -> Dataset:
     for part, x, y in zip(("train", "val", "test"), x_parts, y_parts, strict=True):
         tensors[f"x_{part}"] = torch.as_tensor(x, dtype=torch.float64).reshape(len(y), features)
         tensors[f"y_{part}"] = torch.as_tensor(y).to(y_dtype)
-    return Dataset(cfg.name, arrays.task, classes, split_digest=digest, **tensors)
+    return Dataset(
+        cfg.name, arrays.task, classes, split_digest=digest, shape=arrays.shape, **tensors
+    )

@@ -3,7 +3,9 @@
 Runs of a cohort share the data, model, loss, optimizer rule, schedule type and trainer shape;
 each has its own seed, initial parameters and hyperparameter values. Parameters are one tensor
 (R, P). Each run draws its initial parameters and its batch order from its own generators,
-seeded from its seed alone, so its numbers do not depend on who else is in the cohort.
+seeded from its seed alone, so its numbers do not depend on who else is in the cohort. A model
+that ``trains_alone`` (a module with buffers or random layers) trains cohorts of one, its
+random layers seeded from the run's seed (``model.seeded``).
 
 Per update ``s`` (from 0): take the batch, evaluate the loss and its gradient at the rule's
 point, mark runs whose loss is not finite or above ``divergence_factor`` times their initial
@@ -114,9 +116,12 @@ def run_bytes(spec: RunConfig, problem: Problem) -> int:
     """An estimate of the memory one run adds to a cohort: its parameters with the rule's state,
     gradient and update (12 P values), and the activations of a forward pass through the
     largest batch the run evaluates (3 N A values: the outputs, the loss terms and what
-    autograd keeps; N examples, A values per example)."""
+    autograd keeps; N examples, A values per example). A model that evaluates in passes of a
+    bounded size (a module) holds at most its training batch per run."""
     itemsize = DTYPES[spec.trainer.dtype].itemsize
     examples = max(problem.data.sizes.values(), default=1)
+    if problem.model.eval_batch(1) is not None:  # evaluates in passes: a training batch
+        examples = spec.trainer.batch_size or problem.data.sizes["train"]
     return itemsize * (12 * problem.model.size + 3 * examples * problem.model.activations)
 
 
@@ -253,6 +258,8 @@ def train_cohort(
         # only on a change: the call imports torch's compiler configuration (about 1 s)
         torch.use_deterministic_algorithms(first.trainer.deterministic)
     problem = (problem or problem_module.build(first)).on(device, dtype)
+    if problem.model.trains_alone and len(specs) > 1:
+        raise ValueError("this model has buffers or random layers: its runs train one at a time")
     plan = make_plan(first, problem.data.sizes["train"])
     rule = optim.build(first.optimizer)
     hp = stack_hyperparameters([s.optimizer for s in specs], device, dtype)
@@ -274,7 +281,8 @@ def train_cohort(
         device,
     )
     curves = Curves(len(specs), sink)
-    diverged_at, theta = loop.run(theta, curves)
+    with problem.model.seeded(derive_seed(first.seed, "model")):
+        diverged_at, theta = loop.run(theta, curves)
     diverged_steps = _steps_or_none(diverged_at)
     curves.take(diverged_steps)
     seconds = time.perf_counter() - curves.start

@@ -11,10 +11,16 @@ Inputs ``x`` are (N, D), shared by all runs, or (R, N, D), one batch per run; ou
 (N, D), and then returns (N, O) (a surface: a scalar): the engine trains a lone run that way,
 with the same operations as a plain PyTorch model. ``init(generator)`` draws one
 run's P starting values from that run's own generator.
+
+Any ``torch.nn.Module`` joins as a :class:`FlatModel` too (:mod:`harness.modules`), and uses
+the hooks the built-in models leave empty: evaluating in passes (``eval_batch``) and in
+``eval()`` mode (``evaluating``), moving its buffers (``on``), seeding its random layers
+(``seeded``), and training alone (``alone_because``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -70,6 +76,28 @@ class FlatModel:
     def activations(self) -> int:
         """Values a forward pass computes per example (what a cohort holds per run)."""
         return max(getattr(self, "outputs", 1), 1)
+
+    alone_because = ""  # why its runs train one at a time; "": they train as cohorts
+
+    @property
+    def trains_alone(self) -> bool:
+        return bool(self.alone_because)
+
+    def eval_batch(self, runs: int) -> int | None:
+        """Examples per evaluation pass of ``runs`` runs; None: a whole split at once."""
+        return None
+
+    def evaluating(self):
+        """A context in which the model evaluates (a module switches to ``eval()`` mode)."""
+        return contextlib.nullcontext()
+
+    def seeded(self, seed: int):
+        """A context in which the model's own randomness, if any, is seeded with ``seed``."""
+        return contextlib.nullcontext()
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> FlatModel:
+        """The model for ``device`` and ``dtype`` (it holds no tensors: itself)."""
+        return self
 
     def split(self, theta: Tensor) -> list[Tensor]:
         pieces, offset = [], 0
@@ -212,45 +240,43 @@ class RosenbrockSurface(FlatModel):
 OPTIONS: dict[str, ModelOption] = {
     "linear": ModelOption(
         ModelConfig,
-        lambda cfg, inputs, outputs: Affine(inputs, outputs),
+        lambda cfg, shape, outputs: Affine(math.prod(shape), outputs),
         losses=("least_squares", "gaussian_nll"),
     ),
     "gabor": ModelOption(
         GaborModelConfig,
-        lambda cfg, inputs, outputs: Gabor(cfg.envelope),
+        lambda cfg, shape, outputs: Gabor(cfg.envelope),
         losses=("least_squares",),
     ),
     "logistic": ModelOption(
         ModelConfig,
-        lambda cfg, inputs, outputs: Affine(inputs, outputs),
+        lambda cfg, shape, outputs: Affine(math.prod(shape), outputs),
         losses=("bce",),
     ),
     "softmax": ModelOption(
         ModelConfig,
-        lambda cfg, inputs, outputs: Affine(inputs, outputs),
+        lambda cfg, shape, outputs: Affine(math.prod(shape), outputs),
         losses=("cross_entropy",),
     ),
     "mlp": ModelOption(
         MlpModelConfig,
-        lambda cfg, inputs, outputs: Mlp(inputs, outputs, cfg.depth, cfg.width, cfg.activation),
+        lambda cfg, shape, outputs: Mlp(
+            math.prod(shape), outputs, cfg.depth, cfg.width, cfg.activation
+        ),
         losses=("least_squares", "gaussian_nll", "bce", "cross_entropy"),
     ),
     "adam_demo": ModelOption(
         ModelConfig,
-        lambda cfg, inputs, outputs: AdamDemoSurface(),
+        lambda cfg, shape, outputs: AdamDemoSurface(),
         losses=("surface",),
         surface=True,
     ),
     "rosenbrock": ModelOption(
         RosenbrockModelConfig,
-        lambda cfg, inputs, outputs: RosenbrockSurface(cfg.a, cfg.b),
+        lambda cfg, shape, outputs: RosenbrockSurface(cfg.a, cfg.b),
         losses=("surface",),
         surface=True,
     ),
 }
-"""Every model by name: its schema, ``build(cfg, inputs, outputs)`` and the losses it takes."""
-
-
-def build(cfg: ModelConfig, inputs: int, outputs: int) -> FlatModel:
-    """The model ``cfg`` names, for ``inputs`` features and ``outputs`` outputs."""
-    return OPTIONS[cfg.name].build(cfg, inputs, outputs)
+"""The built-in models by name: schema, ``build(cfg, input_shape, outputs)`` and the losses
+each takes; ``modules.OPTIONS`` adds any torch.nn.Module (``model=module``)."""

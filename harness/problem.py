@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from harness import data as data_module
-from harness import losses, models
+from harness import losses, modules, registry
 from harness.config import ConfigError, RunConfig
 from harness.data import Dataset
 
@@ -44,14 +44,24 @@ class Problem:
         x, y = getattr(self.data, f"x_{part}"), getattr(self.data, f"y_{part}")
         if len(x) == 0 or (skip_loss and not self.classifies):
             return {}
-        outputs = self.model(theta, x)
+        outputs = self.outputs(theta, x)
         metrics = {} if skip_loss else {"loss": self.loss_fn(outputs, y)}
         if self.classifies:
             metrics["accuracy"] = self.loss_fn.correct(outputs, y).mean(-1)
         return metrics
 
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs on ``x`` in evaluation mode, in passes of the model's
+        ``eval_batch`` examples (a whole split at once for the built-in models)."""
+        step = self.model.eval_batch(len(theta))
+        with self.model.evaluating():
+            if step is None or step >= len(x):
+                return self.model(theta, x)
+            passes = [self.model(theta, x[i : i + step]) for i in range(0, len(x), step)]
+        return torch.cat(passes, dim=-2)
+
     def on(self, device: torch.device, dtype: torch.dtype) -> Problem:
-        return Problem(self.data.to(device, dtype), self.model, self.loss_fn)
+        return Problem(self.data.to(device, dtype), self.model.on(device, dtype), self.loss_fn)
 
 
 def build(spec: RunConfig, dataset: Dataset | None = None) -> Problem:
@@ -63,10 +73,6 @@ def build(spec: RunConfig, dataset: Dataset | None = None) -> Problem:
             "dataset.val_fraction+test_fraction",
             spec.dataset.val_fraction + spec.dataset.test_fraction,
             f"leaves no training point of {dataset.name}'s {sum(sizes.values())}",
-        )
-    if getattr(spec.schedule, "monitor", None) == "val" and sizes["val"] == 0:
-        raise ConfigError(
-            "schedule.monitor", "val", f"the validation split of {dataset.name} is empty"
         )
     loss_fn = losses.build(spec.loss)
     if dataset.task not in loss_fn.targets:
@@ -82,12 +88,29 @@ def build(spec: RunConfig, dataset: Dataset | None = None) -> Problem:
             "gabor",
             f"the Gabor model takes one input feature; {dataset.name} has {dataset.features}",
         )
-    model = models.build(spec.model, dataset.features, loss_fn.outputs(dataset.classes))
+    outputs = loss_fn.outputs(dataset.classes)
+    model = registry.OPTIONS["model"][spec.model.name].build(
+        spec.model, dataset.input_shape, outputs
+    )
+    if isinstance(model, modules.ModuleModel):
+        fits = f"{dataset.name} with loss {spec.loss.name}"
+        modules.check_fits(model, dataset.x_train[:1], spec.model.target, fits)
     if spec.model.init is not None and model.size != 2:
         raise ConfigError(
             "model.init",
             spec.model.init,
             f"only two-parameter models take an init; this one has {model.size}",
+        )
+    check_training(spec, dataset)
+    return Problem(dataset, model, loss_fn)
+
+
+def check_training(spec: RunConfig, dataset: Dataset) -> None:
+    """What the trainer and schedule ask of the data: a validation split to monitor, a batch
+    no larger than the training split."""
+    if getattr(spec.schedule, "monitor", None) == "val" and dataset.sizes["val"] == 0:
+        raise ConfigError(
+            "schedule.monitor", "val", f"the validation split of {dataset.name} is empty"
         )
     batch = spec.trainer.batch_size
     if batch is not None and batch > dataset.sizes["train"]:
@@ -96,4 +119,3 @@ def build(spec: RunConfig, dataset: Dataset | None = None) -> Problem:
             batch,
             f"expected at most the training split's {dataset.sizes['train']} points",
         )
-    return Problem(dataset, model, loss_fn)

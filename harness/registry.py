@@ -6,11 +6,11 @@ Importing this module registers each option's schema in Hydra's ConfigStore (see
 
 from __future__ import annotations
 
-from harness import config, data, losses, models, optim, schedules
+from harness import config, data, losses, models, modules, optim, schedules
 
 OPTIONS: dict[str, dict[str, config.Option]] = {
     "dataset": data.OPTIONS,
-    "model": models.OPTIONS,
+    "model": models.OPTIONS | modules.OPTIONS,
     "loss": losses.OPTIONS,
     "optimizer": optim.OPTIONS,
     "schedule": schedules.OPTIONS,

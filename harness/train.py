@@ -33,12 +33,14 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, records.Store]:
 
 
 def run_name(spec: RunConfig) -> str:
-    """``run_name`` if set, else optimizer-model-dataset-lr-seed."""
+    """``run_name`` if set, else optimizer-model-dataset-lr-seed (a module model by its class
+    name)."""
     if spec.run_name:
         return spec.run_name
     lr = getattr(spec.optimizer, "lr", None)
     rate = f"-lr{lr:g}" if lr is not None else ""
-    return f"{spec.optimizer.name}-{spec.model.name}-{spec.dataset.name}{rate}-seed{spec.seed}"
+    model = getattr(spec.model, "target", "").rpartition(".")[2] or spec.model.name
+    return f"{spec.optimizer.name}-{model}-{spec.dataset.name}{rate}-seed{spec.seed}"
 
 
 def record_cohort(

@@ -11,6 +11,9 @@ frame (see ``reports.collect``), so each is tested on small hand-made frames.
 - The best learning rate per (problem, optimizer, schedule) minimises the median final
   validation loss over seeds, or the training loss where the problem has no validation split.
   The test split is never used to select.
+- A classification problem's accuracy is read, like its loss, on the validation split, or on
+  the training split where it has none (``accuracy_finals``); a diverged or failed run's
+  accuracy counts as -inf.
 """
 
 from __future__ import annotations
@@ -89,10 +92,37 @@ def selection_finals(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def lost(finals: pd.DataFrame) -> pd.Series:
+    """Whether each run of ``finals`` diverged, failed or has no final value."""
+    return finals[Tag.DIVERGED] | finals["status"].ne(Status.FINISHED) | finals["final"].isna()
+
+
 def selection_score(finals: pd.DataFrame) -> pd.Series:
     """The final loss of each run, +inf for a run that diverged, failed or has no value."""
-    failed = finals[Tag.DIVERGED] | finals["status"].ne(Status.FINISHED) | finals["final"].isna()
-    return finals["final"].where(~failed, np.inf)
+    return finals["final"].where(~lost(finals), np.inf)
+
+
+def accuracy_metric(frame: pd.DataFrame) -> str | None:
+    """``val_accuracy`` where the frame has a validation accuracy, else ``train_accuracy``;
+    None without any accuracy (a regression problem)."""
+    for metric in ("val_accuracy", "train_accuracy"):
+        if metric in frame.columns and frame[metric].notna().any():
+            return metric
+    return None
+
+
+def accuracy_finals(frame: pd.DataFrame) -> pd.DataFrame:
+    """``final_values`` of each classification problem's accuracy (see accuracy_metric), with
+    ``metric`` naming it and ``score``: the final accuracy, -inf for a run that diverged,
+    failed or has none. Problems without an accuracy are left out (an empty frame if all)."""
+    parts = []
+    for _, part in frame.groupby("problem", sort=True):
+        metric = accuracy_metric(part)
+        if metric is not None:
+            finals = final_values(part, metric)
+            score = finals["final"].where(~lost(finals), -np.inf)
+            parts.append(finals.assign(metric=metric, score=score))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def best_learning_rates(

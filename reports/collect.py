@@ -2,7 +2,8 @@
 
 Columns: the run (``run_id``, ``run_name``, ``status``, ``diverged``, ``fingerprint``,
 ``wall_seconds``, ``diverged_step``), its config as typed columns (``optimizer.lr`` a float,
-``seed`` an integer, ``optimizer.name`` a string, ...), ``problem`` (``dataset/model``), the
+``seed`` an integer, ``optimizer.name`` a string, ...), ``problem`` (``dataset/model``, a
+``model=module`` model named by its class: ``digits/SmallCnn``; see ``model_names``), the
 position (``step``, ``epoch`` where the data has epochs, ``seconds`` since the run started) and
 one column per curve (``train_loss``, ``val_loss``, ``lr``, ...; NaN where a curve has no point
 at that step or its value was NaN; an infinite value comes back as the largest float, as MLflow
@@ -72,8 +73,23 @@ def run_table(tables: records.ExperimentTables) -> pd.DataFrame:
     summaries = summaries.pivot_table(index="run_id", columns="key", values="value")
     runs = runs.join(config).join(summaries.reindex(columns=list(Summary.ALL)))
     if {"dataset.name", "model.name"} <= set(runs.columns):
-        runs["problem"] = runs["dataset.name"] + "/" + runs["model.name"]
+        runs["problem"] = runs["dataset.name"] + "/" + model_names(runs)
     return runs
+
+
+def model_names(runs: pd.DataFrame) -> pd.Series:
+    """Each run's model as the report names it: ``model.name``, except that a model with a
+    ``model.target`` (``model=module``) is named by its class (``SmallCnn`` for
+    ``harness.nets.SmallCnn``), or by the whole import path where two targets of the frame
+    share a class name, so that runs of different modules are never grouped together."""
+    names = runs["model.name"].astype(str)
+    if "model.target" not in runs.columns:
+        return names
+    targets = runs["model.target"]
+    classes = targets.str.rsplit(".", n=1).str[-1]
+    paths_per_class = targets.groupby(classes).transform("nunique")
+    labels = classes.where(paths_per_class.eq(1), targets)
+    return labels.where(targets.notna(), names)
 
 
 def curve_table(tables: records.ExperimentTables, runs: pd.DataFrame) -> pd.DataFrame:

@@ -2,10 +2,13 @@
 that returns a Figure, or None where the frame holds nothing it could draw (every run diverged
 at step 0); ``save`` writes it as PNG and SVG.
 
-- ``convergence``: a loss against step (or epoch, or seconds) for each optimizer variant at its
-  best learning rate, median over seeds with the interquartile band, log y where positive.
+- ``convergence``: a loss (or an accuracy, linear y) against step (or epoch, or seconds) for
+  each optimizer variant at its best learning rate, median over seeds with the interquartile
+  band, log y where positive.
 - ``sensitivity``: the final selection loss against the learning rate (log x), a line and band
   per variant; diverged or failed runs are drawn as crosses at the top of the axis.
+- ``accuracy_sensitivity``: the same for the final accuracy of each classification problem
+  (linear y); diverged or failed runs are drawn as crosses at the bottom.
 - ``landscape``: the loss surface of a two-parameter problem as a contour over the book's
   ranges, with the runs' trajectories (phi0, phi1) on it.
 - ``schedules``: the learning rate against step, one line per schedule.
@@ -83,11 +86,16 @@ BAND_LABEL = {"median": "median, IQR over seeds", "mean": "mean, 95% interval ov
 
 
 def convergence(
-    frame: pd.DataFrame, metric: str = "train_loss", x: str = "step", center: str = "median"
+    frame: pd.DataFrame,
+    metric: str = "train_loss",
+    x: str = "step",
+    center: str = "median",
+    log_y: bool = True,
 ):
     """One facet per problem: ``metric`` against ``x`` (step, epoch or seconds) per variant
-    at its best rate, with a band over seeds (``center``: median or mean). Problems and variants
-    without a point of ``metric`` are left out; None if no best run has one."""
+    at its best rate, with a band over seeds (``center``: median or mean); log y where positive
+    unless ``log_y`` is false (accuracies). Problems and variants without a point of ``metric``
+    are left out; None if no best run has one."""
     best = aggregate.best_runs(frame)
     points = best.assign(variant=aggregate.variants(best)).dropna(subset=[metric, x])
     if points.empty:
@@ -97,7 +105,8 @@ def convergence(
         curves = aggregate.curve_bands(part, ["variant"], metric, x, center)
         for variant, curve in curves.groupby("variant"):
             _band_line(axis, curve[x], curve, variant)
-        _log_if_positive(axis, curves["center"])
+        if log_y:
+            _log_if_positive(axis, curves["center"])
         axis.set(title=problem, xlabel=x, ylabel=f"{metric} ({BAND_LABEL[center]})")
         axis.legend(fontsize="x-small")
     return figure
@@ -105,8 +114,24 @@ def convergence(
 
 def sensitivity(frame: pd.DataFrame, center: str = "median"):
     """One facet per problem: final selection loss against the learning rate per variant,
-    with a band over seeds (``center``: median or mean)."""
-    finals = aggregate.selection_finals(frame)
+    with a band over seeds (``center``: median or mean); runs that diverged or failed as
+    crosses at the top."""
+    return _rate_panels(aggregate.selection_finals(frame), center, lost_at_top=True)
+
+
+def accuracy_sensitivity(frame: pd.DataFrame, center: str = "median"):
+    """One facet per classification problem: its final accuracy (see
+    ``aggregate.accuracy_finals``) against the learning rate per variant, with a band over
+    seeds; runs that diverged or failed as crosses at the bottom. None without a
+    classification problem."""
+    finals = aggregate.accuracy_finals(frame)
+    return None if finals.empty else _rate_panels(finals, center, lost_at_top=False)
+
+
+def _rate_panels(finals: pd.DataFrame, center: str, lost_at_top: bool):
+    """The figure of ``sensitivity`` for ``finals`` (``score``, ``metric``; infinite scores
+    are lost runs): log y where positive when lost runs go at the top (losses), linear y when
+    they go at the bottom (accuracies)."""
     figure, panels = _problem_panels(finals.assign(variant=aggregate.variants(finals)))
     for axis, problem, part in panels:
         finite = part[np.isfinite(part["score"])]
@@ -117,20 +142,21 @@ def sensitivity(frame: pd.DataFrame, center: str = "median"):
             rates = curve[aggregate.LEARNING_RATE]
             colors[variant] = _band_line(axis, rates, curve, variant, marker="o", markersize=3)
         axis.set_xscale("log")
-        _log_if_positive(axis, finite["score"])
+        if lost_at_top:
+            _log_if_positive(axis, finite["score"])
         if len(lost):
-            top = axis.get_ylim()[1]
+            edge = axis.get_ylim()[1 if lost_at_top else 0]
             for variant, group in lost.groupby("variant"):
                 axis.scatter(
                     group[aggregate.LEARNING_RATE],
-                    np.full(len(group), top),
+                    np.full(len(group), edge),
                     marker="x",
                     color=colors.get(variant, "black"),
                     clip_on=False,
                     zorder=3,
                     label=f"{variant}: diverged/failed",
                 )
-            axis.set_ylim(top=top)
+            axis.set_ylim(**{"top" if lost_at_top else "bottom": edge})
         metric = part["metric"].iloc[0]
         axis.set(
             title=problem, xlabel="learning rate", ylabel=f"final {metric} ({BAND_LABEL[center]})"

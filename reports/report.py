@@ -6,9 +6,11 @@ The report is made of whatever runs the study holds: a run that diverged at step
 in the table as diverged, and a figure leaves out what has no curve.
 
 Figures that apply: convergence of the training loss (and of the validation loss where there
-is one); learning-rate sensitivity where a variant was run at several rates; the loss
-landscape of each two-parameter problem; schedules where there are several; performance
-profiles where there are two problems or more.
+is one); convergence of the validation and test accuracy where a problem classifies;
+learning-rate sensitivity where a variant was run at several rates, of the final loss and,
+where a problem classifies, of the final accuracy; the loss landscape of each two-parameter
+problem; schedules where there are several; performance profiles where there are two problems
+or more.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
     """(name, title, caption, draw) for each figure that applies to the frame."""
     band = figures.BAND_LABEL[center]
 
-    def convergence(x: str, metric: str = "train_loss"):
-        return lambda: figures.convergence(frame, metric, x, center)
+    def convergence(x: str, metric: str = "train_loss", log_y: bool = True):
+        return lambda: figures.convergence(frame, metric, x, center, log_y)
 
     plans = [
         (
@@ -49,7 +51,8 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
             convergence("seconds"),
         ),
     ]
-    if frame["trainer.epochs"].notna().any():
+    by_epoch = frame["trainer.epochs"].notna().any()
+    if by_epoch:
         plans.append(
             (
                 "convergence_epoch",
@@ -67,6 +70,21 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
                 convergence("step", "val_loss"),
             )
         )
+    along = "epoch" if by_epoch else "step"
+    for metric, name, split in (
+        ("val_accuracy", "accuracy_val", "Validation"),
+        ("test_accuracy", "accuracy_test", "Test"),
+    ):
+        if metric in frame.columns and frame[metric].notna().any():
+            plans.append(
+                (
+                    name,
+                    f"{split} accuracy",
+                    f"{split} accuracy against {along} for each optimizer at its "
+                    f"best learning rate ({band}); problems that do not classify are left out.",
+                    convergence(along, metric, log_y=False),
+                )
+            )
     labelled = frame.assign(variant=aggregate.variants(frame))
     rates = labelled.groupby(["problem", "variant"])[aggregate.LEARNING_RATE].nunique()
     if (rates > 1).any():
@@ -74,12 +92,22 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
             (
                 "sensitivity",
                 "Learning-rate sensitivity",
-                "Final selection loss "
-                "against the learning rate (median, IQR over seeds); crosses at the top: "
-                "runs that diverged or failed.",
+                f"Final selection loss against the learning rate ({band}); crosses at the "
+                "top: runs that diverged or failed.",
                 lambda: figures.sensitivity(frame, center),
             )
         )
+        if aggregate.accuracy_metric(frame) is not None:
+            plans.append(
+                (
+                    "sensitivity_accuracy",
+                    "Learning-rate sensitivity of the accuracy",
+                    "Final validation accuracy (training accuracy where a problem has no "
+                    f"validation split) against the learning rate ({band}); crosses at the "
+                    "bottom: runs that diverged or failed.",
+                    lambda: figures.accuracy_sensitivity(frame, center),
+                )
+            )
     if "phi0" in frame.columns:
         for problem in sorted(frame.loc[frame["phi0"].notna(), "problem"].unique()):
             name = "landscape_" + problem.replace("/", "_")

@@ -31,6 +31,12 @@ def _no_tracking_uri_from_environment(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _a_cache_of_the_tests_own(monkeypatch, tmp_path_factory):
+    """Downloaded data sets go to a temporary cache, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def migrated_store(tmp_path_factory) -> Path:
     """An empty MLflow sqlite database with every migration applied."""

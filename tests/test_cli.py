@@ -62,8 +62,8 @@ BAD_INPUTS = [
     (["optimizer=gd", "trainer.batch_size=5"], "full batch"),
     (["model.init=[1.0]"], "model.init"),
     (
-        ["dataset=mnist", "model=mlp", "loss=cross_entropy", "dataset.root=/nonexistent"],
-        "download them from",
+        ["dataset=mnist", "model=mlp", "loss=cross_entropy", "dataset.root=/dev/null/cache"],
+        "dataset.root='/dev/null/cache' is not allowed: expected a writable folder",
     ),
     (["optimizer=torch", "optimizer.class_name=Sgd"], "expected a torch.optim optimizer"),
     (["optimizer=torch", "+optimizer.kwargs.momentum_typo=0.9"], "momentum_typo"),

@@ -60,6 +60,12 @@ def test_the_smoke_study_records_the_same_runs_batched_and_one_by_one(tmp_path):
             ],
             24,
         ),
+        pytest.param(
+            "cnn",
+            ["optimizer=momentum,adam", "optimizer.lr=1e-3,0.1", "seed=0,1", "trainer.epochs=3"],
+            8,
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_a_sample_of_a_large_study_records_the_same_runs_batched_and_one_by_one(

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 from conftest import ROOT, compose_spec, runs_in
-from test_problems import write_mnist
+from test_image_data import IDX_SETS, write_cifar
+from test_problems import dead_mirror, write_mnist
 
 from harness import config, engine, registry
 from harness.config import ConfigError
@@ -26,6 +27,7 @@ COMPANIONS = {
     ("dataset", "blobs"): ["model=softmax", "loss=cross_entropy"],
     ("dataset", "mnist"): ["model=mlp", "loss=cross_entropy"],
     ("dataset", "fashion_mnist"): ["model=mlp", "loss=cross_entropy"],
+    ("dataset", "cifar10"): ["model=mlp", "loss=cross_entropy"],
     ("dataset", "diabetes"): ["model=linear"],
     ("dataset", "regression1d"): ["model=linear"],
     ("dataset", "none"): ["model=rosenbrock", "loss=surface"],
@@ -42,27 +44,46 @@ COMPANIONS = {
 }
 
 
+IMAGE_SETS = ("mnist", "fashion_mnist", "cifar10")
+IMAGE_MODELS = {"module": "digits", "small_cnn": "digits", "2c2d": "mnist", "3c3d": "cifar10"}
+PRESETS = {  # option files that set values of another option's schema
+    ("model", "small_cnn"): "module",
+    ("model", "2c2d"): "module",
+    ("model", "3c3d"): "module",
+}
+
+
 def test_every_option_file_has_one_registry_entry_and_back():
     assert tuple(registry.OPTIONS) == GROUPS
     registered = sorted(
         (group, name) for group, names in registry.OPTIONS.items() for name in names
     )
-    assert registered == GROUP_OPTIONS
+    assert registered == [option for option in GROUP_OPTIONS if option not in PRESETS]
     for group, option in GROUP_OPTIONS:
         defaults = yaml.safe_load((ROOT / "conf" / group / f"{option}.yaml").read_text())
         schemas = [d for d in defaults["defaults"] if str(d).startswith("/schema/")]
-        assert schemas == [f"/schema/{group}/{option}@_here_"], (group, option)
+        schema = PRESETS.get((group, option), option)
+        assert schemas == [f"/schema/{group}/{schema}@_here_"], (group, option)
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
-def test_every_option_composes_validates_and_trains(group, option, tmp_path):
+def test_every_option_composes_validates_and_trains(group, option, tmp_path, monkeypatch):
     overrides = [*COMPANIONS.get((group, option), []), "trainer.steps=2"]
-    if registry.OPTIONS[group][option].schema is config.IdxDatasetConfig:
-        write_mnist(tmp_path)
-        overrides.append(f"dataset.root={tmp_path}")
+    dataset = option if group == "dataset" else None
+    if group == "model" and option in IMAGE_MODELS:
+        dataset = IMAGE_MODELS[option]
+        overrides = [f"dataset={dataset}", "loss=cross_entropy", "trainer.steps=2"]
+        overrides += ["model.target=harness.nets.SmallCnn"] if option == "module" else []
+    if dataset in IMAGE_SETS:
+        if dataset == "cifar10":
+            write_cifar(tmp_path, monkeypatch)
+        else:
+            write_mnist(tmp_path, folder=IDX_SETS[dataset])
+        overrides += [f"dataset.root={tmp_path}", dead_mirror()]
     spec = compose_spec(f"{group}={option}", *overrides)
-    assert getattr(spec, group).name == option
-    assert isinstance(getattr(spec, group), registry.OPTIONS[group][option].schema)
+    schema = PRESETS.get((group, option), option)
+    assert getattr(spec, group).name == schema
+    assert isinstance(getattr(spec, group), registry.OPTIONS[group][schema].schema)
     (result,) = engine.train_cohort([spec])
     assert "train_loss" in result.curves
 

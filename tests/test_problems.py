@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_spec
+from conftest import ROOT, compose_spec, free_port
 
 from harness import data, problem
 from harness.config import ConfigError
@@ -115,38 +115,49 @@ def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
         path.write_bytes(payload)
 
 
-def write_mnist(root, train=40, test=10, gz=False):
+def write_mnist(root, train=40, test=10, gz=False, folder="MNIST"):
+    """The four IDX files of a small MNIST-style set where torchvision keeps them
+    (``root/<folder>/raw``, ``folder`` its class name); returns that folder."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (train, 28, 28)), gz)
-    write_idx(root / "train-labels-idx1-ubyte", np.arange(train) % 10, gz)
-    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (test, 28, 28)), gz)
-    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(test) % 10, gz)
+    write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (train, 28, 28)), gz)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(train) % 10, gz)
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (test, 28, 28)), gz)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(test) % 10, gz)
+    return raw
+
+
+def dead_mirror() -> str:
+    """A base URL on 127.0.0.1 where nothing listens: a download from it fails at once."""
+    return f"dataset.mirror=http://127.0.0.1:{free_port()}/"
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_files_are_read(tmp_path, gz):
-    write_mnist(tmp_path / "mnist", gz=gz)
-    loaded = data.load(compose_spec("dataset=mnist", f"dataset.root={tmp_path}/mnist").dataset)
-    assert loaded.features == 784 and loaded.classes == 10
+    write_mnist(tmp_path, gz=gz)
+    spec = compose_spec("dataset=mnist", f"dataset.root={tmp_path}", dead_mirror())
+    loaded = data.load(spec.dataset)
+    assert loaded.features == 784 and loaded.classes == 10 and loaded.shape == (1, 28, 28)
     assert loaded.sizes == {"train": 36, "val": 4, "test": 10}
 
 
 def test_idx_classes_count_the_test_labels_too(tmp_path):
-    root = tmp_path / "few"
-    root.mkdir()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
-    write_idx(root / "train-labels-idx1-ubyte", np.arange(12) % 6)
-    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 28, 28)))
-    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(10))
-    loaded = data.load(compose_spec("dataset=mnist", f"dataset.root={root}").dataset)
-    assert loaded.classes == 10
+    write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(12) % 6)
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 28, 28)))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(10))
+    spec = compose_spec("dataset=mnist", f"dataset.root={tmp_path}", dead_mirror())
+    assert data.load(spec.dataset).classes == 10
 
 
-def test_missing_idx_files_say_how_to_get_them(tmp_path):
-    with pytest.raises(ConfigError, match="download them from github.com/zalandoresearch"):
-        data.load(compose_spec("dataset=fashion_mnist", f"dataset.root={tmp_path}").dataset)
+def test_missing_idx_files_say_where_to_put_them(tmp_path):
+    spec = compose_spec("dataset=fashion_mnist", f"dataset.root={tmp_path}", dead_mirror())
+    with pytest.raises(ConfigError, match="t10k-labels-idx1-ubyte.gz .gzipped or not. into "):
+        data.load(spec.dataset)
 
 
 def _cut(path, size: int) -> None:
@@ -154,18 +165,18 @@ def _cut(path, size: int) -> None:
 
 
 CORRUPT_IDX = {  # how each test spoils a good set, and the file the refusal names
-    "empty": (lambda root: _cut(root / "train-labels-idx1-ubyte", 0), "train-labels"),
+    "empty": (lambda raw: _cut(raw / "train-labels-idx1-ubyte", 0), "train-labels"),
     "other type": (
-        lambda root: (root / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x0d\1\0\0\0\2ab"),
+        lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x0d\1\0\0\0\2ab"),
         "t10k-labels",
     ),
-    "truncated": (lambda root: _cut(root / "train-images-idx3-ubyte", 1000), "train-images"),
+    "truncated": (lambda raw: _cut(raw / "train-images-idx3-ubyte", 1000), "train-images"),
     "labels for images": (
-        lambda root: write_idx(root / "train-labels-idx1-ubyte", np.zeros((40, 28, 28))),
+        lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.zeros((40, 28, 28))),
         "train-labels",
     ),
     "fewer labels": (
-        lambda root: write_idx(root / "t10k-labels-idx1-ubyte", np.arange(9)),
+        lambda raw: write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(9)),
         "t10k-labels",
     ),
 }
@@ -173,18 +184,20 @@ CORRUPT_IDX = {  # how each test spoils a good set, and the file the refusal nam
 
 @pytest.mark.parametrize("spoil", CORRUPT_IDX)
 def test_a_corrupt_idx_file_is_refused_by_name(tmp_path, spoil):
-    write_mnist(tmp_path)
+    raw = write_mnist(tmp_path)
     damage, name = CORRUPT_IDX[spoil]
-    damage(tmp_path)
+    damage(raw)
+    spec = compose_spec("dataset=mnist", f"dataset.root={tmp_path}", dead_mirror())
     with pytest.raises(ConfigError, match=f"dataset='mnist' is not allowed: .*{name}"):
-        data.load(compose_spec("dataset=mnist", f"dataset.root={tmp_path}").dataset)
+        data.load(spec.dataset)
 
 
 def test_a_truncated_gzipped_idx_file_is_refused_by_name(tmp_path):
-    write_mnist(tmp_path, gz=True)
-    _cut(tmp_path / "train-images-idx3-ubyte.gz", 2000)
+    raw = write_mnist(tmp_path, gz=True)
+    _cut(raw / "train-images-idx3-ubyte.gz", 2000)
+    spec = compose_spec("dataset=mnist", f"dataset.root={tmp_path}", dead_mirror())
     with pytest.raises(ConfigError, match="train-images-idx3-ubyte.gz cannot be read"):
-        data.load(compose_spec("dataset=mnist", f"dataset.root={tmp_path}").dataset)
+        data.load(spec.dataset)
 
 
 @pytest.mark.parametrize(

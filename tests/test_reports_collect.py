@@ -7,11 +7,11 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import runs_in
+from conftest import runs_in, tidy_frame
 
 from harness.config import ConfigError
 from harness.sweep import cli
-from reports.collect import collect, typed
+from reports.collect import collect, model_names, typed
 
 
 def run_sweep(tmp_path, uri: str, *args: str) -> int:
@@ -112,3 +112,21 @@ def test_a_run_diverged_at_step_0_keeps_its_point_with_nan_and_infinities(run_cl
     (point,) = collect(store_uri, "lost").to_dict("records")
     assert point["step"] == 0 and point["diverged"] and point["diverged_step"] == 0
     assert pd.isna(point["train_loss"]) and point["phi0"] == point["phi1"] == sys.float_info.max
+
+
+def test_module_models_are_named_by_their_class_and_told_apart():
+    """Runs of ``model=module`` are named by class, by import path where two classes share a
+    name; the built-in models keep their names."""
+    targets = ["harness.nets.SmallCnn", "user_nets.TinyMlp", "a.Net", "b.Net", None]
+    runs = tidy_frame(
+        [
+            {
+                "model.name": "mlp" if target is None else "module",
+                "model.target": target,
+                "curve": [{"step": 0}],
+            }
+            for target in targets
+        ]
+    )
+    assert model_names(runs).tolist() == ["SmallCnn", "TinyMlp", "a.Net", "b.Net", "mlp"]
+    assert model_names(runs.drop(columns="model.target")).tolist() == ["module"] * 4 + ["mlp"]

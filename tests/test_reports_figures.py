@@ -1,4 +1,5 @@
-"""The report's figures, each built from a small real sweep: files, axes and series."""
+"""The report's figures, each built from a small real sweep (files, axes and series), and the
+accuracy figures from hand-made frames."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import shutil
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import tidy_frame
 from matplotlib.collections import PathCollection
 from matplotlib.contour import QuadContourSet
 
@@ -131,3 +134,72 @@ def test_bands_can_be_means_with_their_interval(frame):
     assert [line.get_label() for line in lines(mean)] == [
         line.get_label() for line in lines(median)
     ]
+
+
+def classifying_frame() -> pd.DataFrame:
+    """Hand-made runs, 2 optimizers x 3 rates x 2 seeds x 3 epochs (10 steps each), on
+    digits/SmallCnn (which classifies: accuracies) and diabetes/linear (which does not). The
+    validation loss picks 0.1 for sgd and 0.01 for adam; adam at 1.0 diverges after epoch 0."""
+    runs = []
+    for problem in ("digits/SmallCnn", "diabetes/linear"):
+        for optimizer, best in (("sgd", 0.1), ("adam", 0.01)):
+            for lr in (0.01, 0.1, 1.0):
+                for seed in (0, 1):
+                    diverged = optimizer == "adam" and lr == 1.0
+                    pace = 1.0 if lr == best else 0.5
+                    curve = []
+                    for epoch in range(3):
+                        loss = 2.0 / (1 + pace * epoch) + 0.01 * seed
+                        point = {"step": 10 * epoch, "epoch": epoch, "seconds": float(epoch)}
+                        point |= {"train_loss": loss, "val_loss": loss}
+                        if problem.startswith("digits"):
+                            accuracy = 0.1 + 0.4 * pace * epoch + 0.01 * seed
+                            point |= {"val_accuracy": accuracy, "test_accuracy": accuracy - 0.02}
+                        if diverged and epoch > 0:
+                            point = {key: np.nan for key in point} | {"step": 10 * epoch}
+                        curve.append(point)
+                    runs.append(
+                        {
+                            "diverged": diverged,
+                            "problem": problem,
+                            "optimizer.name": optimizer,
+                            "optimizer.lr": lr,
+                            "schedule.name": "constant",
+                            "seed": seed,
+                            "trainer.epochs": 3,
+                            "curve": curve,
+                        }
+                    )
+    return tidy_frame(runs)
+
+
+def test_accuracy_curves_are_linear_and_drawn_for_classifying_problems_only():
+    frame = classifying_frame()
+    for metric, offset in (("val_accuracy", 0.0), ("test_accuracy", -0.02)):
+        figure = figures.convergence(frame, metric, "epoch", log_y=False)
+        (axis,) = [a for a in figure.axes if a.get_visible()]
+        assert axis.get_title() == "digits/SmallCnn" and axis.get_yscale() == "linear"
+        assert axis.get_xlabel() == "epoch" and axis.get_ylabel().startswith(metric)
+        drawn = {line.get_label(): line for line in lines(axis)}
+        assert sorted(drawn) == ["adam", "sgd"]
+        for line in drawn.values():  # the best rate's median over seeds 0 and 1
+            assert np.allclose(line.get_ydata(), np.array([0.105, 0.505, 0.905]) + offset)
+    regression = frame[frame["problem"] == "diabetes/linear"].dropna(axis=1, how="all")
+    assert "val_accuracy" not in regression.columns
+    assert figures.accuracy_sensitivity(regression) is None
+
+
+def test_accuracy_sensitivity_puts_diverged_runs_at_the_bottom():
+    frame = classifying_frame()
+    figure = figures.accuracy_sensitivity(frame)
+    (axis,) = [a for a in figure.axes if a.get_visible()]
+    assert axis.get_title() == "digits/SmallCnn" and axis.get_xscale() == "log"
+    assert axis.get_yscale() == "linear" and "final val_accuracy" in axis.get_ylabel()
+    drawn = {line.get_label(): line for line in lines(axis)}
+    assert list(drawn["sgd"].get_xdata()) == [0.01, 0.1, 1.0]
+    assert np.allclose(drawn["sgd"].get_ydata(), [0.505, 0.905, 0.505])
+    assert list(drawn["adam"].get_xdata()) == [0.01, 0.1]  # 1.0 diverged
+    (crosses,) = [c for c in axis.collections if isinstance(c, PathCollection)]
+    offsets = crosses.get_offsets()
+    assert list(offsets[:, 0]) == [1.0, 1.0]  # both seeds of adam at 1.0
+    assert np.allclose(offsets[:, 1], axis.get_ylim()[0])  # at the bottom, never dropped

@@ -1,6 +1,7 @@
 """`make report` end to end on a real smoke sweep, the report run in MLflow, escaping, the
 clear messages for an unknown study and a study without finished runs, studies whose runs
-diverged at step 0, and the output folder's safe name."""
+diverged at step 0, the output folder's safe name, and the accuracy figures of a classifying
+study whose models are modules named by class."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, runs_in
+from conftest import ROOT, runs_in, tidy_frame
 
 from harness import paths, train
 from harness.sweep import cli
@@ -184,12 +185,17 @@ def diverged_store(tmp_path_factory, migrated_store) -> str:
     ]  # fmt: skip
     for study, *overrides in runs:
         argv = ["harness.train", f"tracking.uri={uri}", f"tracking.experiment={study}"]
-        old, sys.argv = sys.argv, [*argv, f"hydra.run.dir={folder}/hydra", *overrides]
-        try:
-            train.main()
-        finally:
-            sys.argv = old
+        train_here(*argv, f"hydra.run.dir={folder}/hydra", *overrides)
     return uri
+
+
+def train_here(*argv: str) -> None:
+    """``python -m harness.train`` with ``argv``, in this process."""
+    old, sys.argv = sys.argv, list(argv)
+    try:
+        train.main()
+    finally:
+        sys.argv = old
 
 
 def test_a_study_whose_every_run_diverged_at_step_0_is_reported(diverged_store, tmp_path):
@@ -246,3 +252,71 @@ def test_folder_names_keep_letters_digits_dots_dashes_and_underscores():
     assert [paths.folder_name(n) for n in names] == [
         "lr_sensitivity", "a_b_c", "_abs_path", "__.._x", "_", "_", "_hidden", "v1.2-b"
     ]  # fmt: skip
+
+
+def two_rate_frame(classifies: bool) -> pd.DataFrame:
+    """Hand-made: SGD at two rates on one problem over 2 epochs, with accuracies if it
+    ``classifies``."""
+    runs = []
+    for lr in (0.01, 0.1):
+        curve = []
+        for epoch in range(3):
+            point = {"step": 10 * epoch, "epoch": epoch, "seconds": float(epoch)}
+            point |= {"train_loss": 2.0 / (1 + lr * epoch), "val_loss": 2.1 / (1 + lr * epoch)}
+            if classifies:
+                point |= {"val_accuracy": 0.1 + lr * epoch, "test_accuracy": 0.1 + lr * epoch}
+            curve.append(point)
+        runs.append(
+            {
+                "problem": "digits/SmallCnn" if classifies else "diabetes/linear",
+                "optimizer.name": "sgd",
+                "optimizer.lr": lr,
+                "schedule.name": "constant",
+                "trainer.epochs": 2,
+                "curve": curve,
+            }
+        )
+    return tidy_frame(runs)
+
+
+ACCURACY_FIGURES = {"accuracy_val", "accuracy_test", "sensitivity_accuracy"}
+
+
+def test_accuracy_figures_are_planned_for_a_classifying_study_only():
+    plans = report.plan_figures(two_rate_frame(classifies=True))
+    classifying = {name: caption for name, _, caption, _ in plans}
+    regression = {name for name, *_ in report.plan_figures(two_rate_frame(classifies=False))}
+    assert classifying.keys() >= ACCURACY_FIGURES | {"sensitivity"}
+    assert not ACCURACY_FIGURES & regression and "sensitivity" in regression
+    assert "Validation accuracy against epoch" in classifying["accuracy_val"]
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory, migrated_store) -> str:
+    """Study ``modules``: SGD at two rates on digits, 2 epochs, for two module classes
+    (harness.nets.SmallCnn through problem digits_cnn, and the tests' user_nets.TinyMlp)."""
+    folder = tmp_path_factory.mktemp("modules")
+    shutil.copy(migrated_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    argv = ["harness.train", f"tracking.uri={uri}", "tracking.experiment=modules"]
+    base = ["+problem=digits_cnn", "optimizer=sgd", "trainer.epochs=2"]
+    for model in ([], ["model=module", "model.target=user_nets.TinyMlp"]):
+        for lr in ("0.1", "0.3"):
+            overrides = [*base, *model, f"optimizer.lr={lr}", f"hydra.run.dir={folder}/hydra"]
+            train_here(*argv, *overrides)
+    return uri
+
+
+def test_a_classifying_study_of_modules_is_reported_by_class_with_accuracy(module_store, tmp_path):
+    assert report_code("modules", module_store, "--out", str(tmp_path / "r")) == 0
+    table = pd.read_csv(tmp_path / "r" / "comparison.csv")
+    assert sorted(table["problem"]) == ["digits/SmallCnn", "digits/TinyMlp"]
+    assert table["final val_accuracy"].str.match(r"0\.\d+ \[").all()
+    pngs = {p.stem for p in (tmp_path / "r").glob("*.png")}
+    assert ACCURACY_FIGURES | {"convergence_val", "sensitivity"} <= pngs
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Validation accuracy" in page and "sensitivity of the accuracy" in page
+    frame = collect(module_store, "modules")
+    figure = figures.convergence(frame, "val_accuracy", "epoch", log_y=False)
+    titles = [a.get_title() for a in figure.axes if a.get_visible()]
+    assert titles == ["digits/SmallCnn", "digits/TinyMlp"]

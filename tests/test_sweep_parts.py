@@ -103,7 +103,7 @@ def test_the_valleys_grid_covers_the_book_range():
     assert all(list(s.model.init) != [-1.5, 6.5] for s in specs)  # the grid's start wins
 
 
-@pytest.mark.parametrize("study", ["smoke", "schedules"])
+@pytest.mark.parametrize("study", ["smoke", "schedules", "cnn"])
 def test_each_point_of_a_study_composes_and_validates(study):
     specs = study_specs(study)
     assert len({config.fingerprint(s) for s in specs}) == len(specs)
@@ -119,7 +119,7 @@ def test_every_point_of_the_large_studies_composes_and_validates(study):
 
 def test_every_study_states_its_question():
     found = studies.available()
-    expected = {"lecture", "gabor_valleys", "lr_sensitivity", "schedules", "smoke"}
+    expected = {"lecture", "gabor_valleys", "lr_sensitivity", "schedules", "smoke", "cnn"}
     assert set(found) == expected | {"gabor_sgd_grid"}
     assert all(len(question) > 40 for question in found.values())
     with pytest.raises(config.ConfigError, match="study='nope'"):
@@ -269,7 +269,10 @@ def test_points_on_cuda_take_gpu_slots_and_others_take_cpu_workers():
 
 
 def points_of(*overrides_per_point: tuple[str, ...]) -> list[SimpleNamespace]:
-    return [SimpleNamespace(spec=compose_spec(*o)) for o in overrides_per_point]
+    """Points as the grid validates them: each with its spec and why it trains alone."""
+    checker = grid.Checker()
+    specs = [compose_spec(*o) for o in overrides_per_point]
+    return [SimpleNamespace(spec=spec, alone=checker.check(spec)) for spec in specs]
 
 
 def test_points_that_share_structure_form_cohorts_and_torch_optimizers_train_alone():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness import devices, engine, optim
+from harness import devices, engine
 from harness.config import RunConfig
 from harness.sweep.points import Point
 
@@ -21,12 +21,25 @@ class Cohort:
     gpu: str | None = None
 
 
-def group_key(spec: RunConfig) -> str:
+def group_key(point: Point) -> str:
     """Points with the same key can train as one cohort (see ``engine.cohort_key``); a point
-    whose optimizer trains alone (torch.optim pass-through) gets a key of its own."""
-    if optim.trains_alone(spec.optimizer):
-        return f"alone:{id(spec)}"
-    return engine.cohort_key(spec)
+    that trains alone (a torch.optim pass-through; a module with buffers or random layers)
+    gets a key of its own."""
+    if point.alone:
+        return f"alone:{id(point)}"
+    return engine.cohort_key(point.spec)
+
+
+def alone_notes(points: Sequence[Point], todo: Sequence[int]) -> list[str]:
+    """One line per reason some points to run train one at a time, with how many do."""
+    reasons: dict[str, int] = {}
+    for position in todo:
+        if points[position].alone:
+            reasons[points[position].alone] = reasons.get(points[position].alone, 0) + 1
+    return [
+        f"note: {count} point(s) train one run at a time, not in cohorts: {reason}"
+        for reason, count in reasons.items()
+    ]
 
 
 def pinned_gpu(spec: RunConfig) -> str | None:
@@ -43,8 +56,8 @@ def make_cohorts(
     large cohort alone)."""
     groups: dict[tuple, list[int]] = {}
     for position in todo:
-        spec = points[position].spec
-        groups.setdefault((group_key(spec), pinned_gpu(spec)), []).append(position)
+        point = points[position]
+        groups.setdefault((group_key(point), pinned_gpu(point.spec)), []).append(position)
     cohorts = [
         Cohort(positions[start : start + max_runs], gpu)
         for (_, gpu), positions in groups.items()

@@ -42,7 +42,7 @@ from harness import compose, devices, executors, owners, pool, records, stopping
 from harness.config import ConfigError
 from harness.progress import Progress
 from harness.records import SECONDS_PREFIX, Status, Tag
-from harness.sweep.cohorts import Cohort, make_cohorts, plan_slots
+from harness.sweep.cohorts import Cohort, alone_notes, make_cohorts, plan_slots
 from harness.sweep.planning import plan, sweep_id
 from harness.sweep.points import Point, compose_points
 from harness.sweep.settings import LauncherSettings
@@ -248,6 +248,8 @@ def launch(
         f"{points[0].spec.tracking.experiment!r}, parent run {parent}",
         flush=True,
     )
+    for note in alone_notes(points, plan_.todo):
+        print(note, flush=True)
     tags = {Tag.PARENT: parent, Tag.SWEEP_ID: identity}
     local = kind == "local"
     work = CohortWork(

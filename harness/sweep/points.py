@@ -21,7 +21,9 @@ from harness.sweep.summary import Timing
 @dataclass
 class Point:
     """One grid point: its Hydra job number and overrides, its composed config (without the
-    ``hydra`` node, unresolved, as YAML), its job's output folder and its validated spec."""
+    ``hydra`` node, unresolved, as YAML), its job's output folder and its validated spec;
+    ``alone``: why it trains one run at a time, never in a cohort (a torch.optim optimizer, or
+    a module with buffers or random layers); "" when it trains in cohorts."""
 
     index: int
     overrides: tuple[str, ...]
@@ -30,6 +32,7 @@ class Point:
     spec: RunConfig
     fingerprint: str
     name: str
+    alone: str = ""
 
 
 def varying_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
@@ -65,17 +68,21 @@ class Checker:
         parts = {k: tree[k] for k in ("dataset", "model", "loss")}
         return json.dumps(parts, sort_keys=True, default=str)
 
-    def check(self, spec: RunConfig) -> None:
+    def check(self, spec: RunConfig) -> str:
+        """Validate ``spec``; why its runs train alone, if they do (see :class:`Point`)."""
         key = self.problem_key(spec)
         if key not in self.problems:
             self.problems[key] = problem_module.build(spec)
-        else:  # the data fits; the batch size and budget may not
-            problem_module.build(spec, self.problems[key].data)
+        else:  # data, model and loss fit; the batch size and schedule may not
+            problem_module.check_training(spec, self.problems[key].data)
         optim.build(spec.optimizer)
         device = (spec.trainer.device, spec.trainer.dtype)
         if device not in self.devices:
             devices.resolve(*device)
             self.devices.add(device)
+        if optim.trains_alone(spec.optimizer):
+            return "optimizer=torch steps through torch.optim"
+        return self.problems[key].model.alone_because
 
 
 def compose_points(
@@ -95,14 +102,23 @@ def compose_points(
         timing.compose += checked - started
         try:
             spec = config.to_spec(job.task)
-            checker.check(spec)
+            alone = checker.check(spec)
         except ConfigError as error:
             error.add_note(f"in grid point #{job.index}: {' '.join(job.overrides)}")
             raise
         text = config.yaml_text(OmegaConf.to_container(job.task))
         name = point_name(spec, job.overrides, axes)
         points.append(
-            Point(job.index, job.overrides, text, job_dir, spec, config.fingerprint(spec), name)
+            Point(
+                job.index,
+                job.overrides,
+                text,
+                job_dir,
+                spec,
+                config.fingerprint(spec),
+                name,
+                alone,
+            )
         )
         timing.validate += time.perf_counter() - checked
     targets = {(p.spec.tracking.uri, p.spec.tracking.experiment) for p in points}
