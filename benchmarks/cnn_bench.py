@@ -133,6 +133,51 @@ def bench_cohort_vs_plain(device: torch.device, epochs: int) -> dict[str, float]
     }
 
 
+class DigitsMlp(torch.nn.Module):
+    """The built-in ``mlp`` (one hidden layer of 64, ReLU) written as a module."""
+
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(inputs, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, outputs),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def bench_flat_against_module(repeats: int = 3) -> dict[str, dict[str, float]]:
+    """The built-in MLP against the same MLP as a module (``DigitsMlp``): seconds of a 64-run
+    cohort and of one run (300 SGD steps, batches of 32, float64), best of ``repeats``."""
+    found = {}
+    for kind, runs in (("64-run cohort", 64), ("one run", 1)):
+        seconds = {}
+        for name, model in (("flat", ["model=mlp"]), ("module", MODULE_MLP)):
+            base = compose_spec(
+                "+problem=digits_mlp", "optimizer=sgd", "trainer.epochs=null",
+                "trainer.steps=300", "trainer.device=cpu", *model,
+            )  # fmt: skip
+            rates = [replace(base.optimizer, lr=0.01 * (1 + seed % 8)) for seed in range(runs)]
+            specs = [
+                replace(base, seed=seed, optimizer=rate) for seed, rate in enumerate(rates)
+            ]
+            problem = problem_module.build(base)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                engine.train_cohort(specs, problem)
+                times.append(time.perf_counter() - start)
+            seconds[f"{name}_s"] = min(times)
+        found[kind] = seconds
+    return found
+
+
+MODULE_MLP = ["model=module", f"model.target={__name__}.DigitsMlp"]
+
+
 def largest_cohort(device: torch.device) -> dict[str, float]:
     """How many ``digits_cnn`` runs one cohort on ``device`` may hold: the sweep's memory
     budget (the launcher's default ``memory_fraction`` of the free memory, one worker) over

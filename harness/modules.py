@@ -98,6 +98,7 @@ class ModuleModel(FlatModel):
             raise ConfigError("model.target", _path(cls), "the module has no parameters to train")
         self.names = [name for name, _ in named]
         self.shapes = tuple(tuple(p.shape) for _, p in named)
+        self.slots = _parameter_slots(self.module)
         self.has_buffers = any(True for _ in self.module.buffers())
         self.random = any(isinstance(m, RANDOM_LAYERS) for m in self.module.modules())
         self.per_example = 1  # activations per example, counted by ``probe``
@@ -148,14 +149,28 @@ class ModuleModel(FlatModel):
         """One run's pieces and x (N, D) -> (N, O); a cohort's pieces (R, ...) and x (N, D)
         shared or (R, N, D) per run -> (R, N, O)."""
         if pieces[0].dim() == len(self.shapes[0]):
-            return self._call(dict(zip(self.names, pieces, strict=True)), x)
+            return self._call_alone(pieces, x)
+        parameters = dict(zip(self.names, pieces, strict=True))
         per_run = x.dim() == 3
-        return vmap(self._call, in_dims=(0, 0 if per_run else None))(
-            dict(zip(self.names, pieces, strict=True)), x
-        )
+        if per_run and len(self.input_shape) == 3:
+            x = _runs_beside_channels(x.reshape(*x.shape[:2], *self.input_shape))
+        return vmap(self._call, in_dims=(0, 0 if per_run else None))(parameters, x)
 
     def _call(self, parameters: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, parameters, (x.reshape(len(x), *self.input_shape),))
+
+    def _call_alone(self, pieces: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The module itself with one run's ``pieces`` as its parameters for the call: what
+        ``functional_call`` does, without its per-call search of the module tree (a lone
+        run calls this at every step)."""
+        kept = [module._parameters[name] for module, name, _ in self.slots]
+        for module, name, index in self.slots:
+            module._parameters[name] = pieces[index]
+        try:
+            return self.module(x.reshape(len(x), *self.input_shape))
+        finally:
+            for (module, name, _), parameter in zip(self.slots, kept, strict=True):
+                module._parameters[name] = parameter
 
     def eval_batch(self, runs: int) -> int | None:
         """Examples per evaluation pass: ``eval_values`` activations over all ``runs``
@@ -183,6 +198,7 @@ class ModuleModel(FlatModel):
         """The same model with its module (buffers) on ``device`` in ``dtype``."""
         moved = copy.copy(self)
         moved.module = copy.deepcopy(self.module).to(device, dtype)
+        moved.slots = _parameter_slots(moved.module)
         moved.eval_values = EVAL_VALUES.get(device.type, EVAL_VALUES["cpu"])
         return moved
 
@@ -206,6 +222,26 @@ class ModuleModel(FlatModel):
                 hook.remove()
         self.per_example = max(sum(counted), self.outputs, 1)
         return tuple(output.shape)
+
+
+def _parameter_slots(module: nn.Module) -> list[tuple[nn.Module, str, int]]:
+    """Every place a parameter sits, (submodule, name, index of the parameter in
+    ``named_parameters()``): a parameter shared by two submodules has two places."""
+    index = {id(p): i for i, p in enumerate(module.parameters())}
+    return [
+        (owner, name, index[id(parameter)])
+        for _, owner in module.named_modules(remove_duplicate=False)
+        for name, parameter in owner._parameters.items()
+        if parameter is not None
+    ]
+
+
+def _runs_beside_channels(images: torch.Tensor) -> torch.Tensor:
+    """Images (R, N, C, H, W) laid out in memory as (N, H, W, R, C). ``vmap`` runs a
+    convolution of R runs as one grouped convolution over N x (R C) x H x W; this layout
+    makes that input channels-last, which the CPU's convolutions run faster (about 1.2x for
+    a cohort of 64 digits CNNs), and the layout carries on through the layers."""
+    return images.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,8 @@ def assert_same_curves(one, other, rtol=1e-6):
 
 
 @pytest.mark.parametrize(
-    "target", ["user_nets.TinyMlp", "user_nets.TinyCnn", "harness.nets.SmallCnn"]
+    "target",
+    ["user_nets.TinyMlp", "user_nets.TinyCnn", "user_nets.TiedMlp", "harness.nets.SmallCnn"],
 )
 def test_a_cohort_of_modules_trains_each_run_as_it_trains_alone(target):
     specs = module_specs(target, [(0, 0.05), (1, 0.05), (2, 0.2), (0, 0.2)])

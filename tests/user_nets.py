@@ -89,3 +89,18 @@ class NeedsDepth(nn.Module):
 
 class NotAModule:
     """A class that is not a torch.nn.Module."""
+
+
+class TiedMlp(nn.Module):
+    """Two hidden layers sharing one weight matrix (a tied parameter)."""
+
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.embed = nn.Linear(inputs, 12)
+        self.first, self.second = nn.Linear(12, 12), nn.Linear(12, 12)
+        self.second.weight = self.first.weight
+        self.head = nn.Linear(12, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.embed(x.flatten(1)))
+        return self.head(torch.tanh(self.second(torch.tanh(self.first(h)))))
