@@ -307,6 +307,7 @@ def module_store(tmp_path_factory, migrated_store) -> str:
     return uri
 
 
+@pytest.mark.slow
 def test_a_classifying_study_of_modules_is_reported_by_class_with_accuracy(module_store, tmp_path):
     assert report_code("modules", module_store, "--out", str(tmp_path / "r")) == 0
     table = pd.read_csv(tmp_path / "r" / "comparison.csv")
