@@ -39,7 +39,11 @@ float32 for the digits_cnn rows).
     ``nn.Module`` through ``torch.func`` (``model=module``), 300 SGD steps of batches of 32 on
     digits in float64: a 64-run cohort and one run. The built-in models stay on their own
     path where it is the faster one.
-13. GPU rows, on the first CUDA device: 9. there (20 epochs; goal: at least 20x) and the
+13. The optimizer rows (``benchmarks/optim_bench.py``): 64 runs of a torch.optim class
+    (RMSprop, MLP on digits, 8 rates x 8 seeds, float32) as one cohort against one run at a
+    time, in one process (goal: at least 5x) and by the sweep launcher with ``max_cohort=1``;
+    the example rule (Lion) in a 64-run cohort against ``adam`` (goal: at most 1.3x).
+14. GPU rows, on the first CUDA device: 9. there (20 epochs; goal: at least 20x) and the
     largest cohort its memory budget admits. Without CUDA, one row says so.
 
 ``python benchmarks/bench.py --gpu`` runs the GPU rows alone.
@@ -57,6 +61,7 @@ import time
 from pathlib import Path
 
 import cnn_bench
+import optim_bench
 import torch
 from compose_bench import bench_compose
 from hydra import initialize_config_dir
@@ -469,6 +474,7 @@ def main() -> None:
     composed = bench_compose(300)
     tracked = bench_tracking()
     gathered = bench_collect()
+    optimizers = optim_bench.rows()
     cpu = torch.device("cpu")
     cnn_single = bench_cnn_run()
     gpu = gpu_rows()
@@ -554,8 +560,7 @@ def main() -> None:
         cnn_cohort_row(cnn, f"the CPU ({cores} threads)", ">= 3x"),
         *(
             (
-                f"the built-in MLP on digits vs the same MLP as an nn.Module (torch.func), "
-                f"{kind}",
+                f"the built-in MLP on digits vs the same MLP as an nn.Module (torch.func), {kind}",
                 f"built-in {found['flat_s']:.2f} s",
                 f"module {found['module_s']:.2f} s",
                 f"{found['module_s'] / found['flat_s']:.2f}x",
@@ -581,6 +586,7 @@ def main() -> None:
             "",
         ),
         largest_cohort_row("the CPU", largest),
+        *optimizers,
         *gpu,
     ]
     print_table(rows)

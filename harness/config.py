@@ -6,8 +6,10 @@ Hydra's ConfigStore under ``schema/<group>/<option>`` by :func:`register` (which
 keys while composing. Ranges are checked in ``__post_init__``, which runs when
 :func:`to_spec` turns the composed config into these dataclasses; :func:`to_spec` then refuses
 numbers that are not finite and keys added with ``+`` (free-form keys belong only in a
-``dict`` field, such as a torch optimizer's or a module's ``kwargs``), and cross-group fits
-(model and loss, optimizer and batch size) are checked by :func:`check_combination`. Every
+``dict`` field, such as a torch optimizer's or a module's ``kwargs``), lets the optimizer's
+option check what only it knows (a user rule's hyperparameters, a torch optimizer's keyword
+arguments), and cross-group fits (model and loss, optimizer and batch size) are checked by
+:func:`check_combination`. Every
 failure is a :class:`ConfigError` naming the key, the value and what is allowed.
 """
 
@@ -45,6 +47,10 @@ def _one_of(key: str, value: Any, choices: tuple) -> None:
 
 def _positive(key: str, value: float | None) -> None:
     _require(value is None or value > 0, key, value, "expected a value > 0")
+
+
+def _non_negative(key: str, value: float) -> None:
+    _require(value >= 0, key, value, "expected a value >= 0")
 
 
 def _fraction(key: str, value: float) -> None:
@@ -256,13 +262,16 @@ class LeastSquaresLossConfig(LossConfig):
 
 @dataclass
 class OptimizerConfig:
-    """Every optimizer but the line search has a learning rate ``lr`` (alpha)."""
+    """Every optimizer but the line search has a learning rate ``lr`` (alpha); every rule has
+    a ``weight_decay`` (lambda, see ``optim.with_weight_decay``), 0 by default."""
 
     name: str = MISSING
     lr: float = 0.1
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("optimizer.lr", self.lr)
+        _non_negative("optimizer.weight_decay", self.weight_decay)
 
 
 @dataclass
@@ -273,8 +282,10 @@ class LineSearchConfig:
     max_dist: float = 1.0
     tol: float = 1e-4
     max_iter: int = 10
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        _non_negative("optimizer.weight_decay", self.weight_decay)
         _positive("optimizer.max_dist", self.max_dist)
         _positive("optimizer.tol", self.tol)
         _require(self.max_iter >= 1, "optimizer.max_iter", self.max_iter, "expected at least 1")
@@ -319,7 +330,8 @@ class NormalizedConfig(OptimizerConfig):
 
 @dataclass
 class AdamConfig(OptimizerConfig):
-    """Adam with the lecture's names: beta (first moment), gamma (second moment), eps."""
+    """Adam (and AdamW) with the lecture's names: beta (first moment), gamma (second moment),
+    eps; the defaults are torch's."""
 
     lr: float = 0.001
     beta: float = 0.9
@@ -334,11 +346,26 @@ class AdamConfig(OptimizerConfig):
 
 
 @dataclass
-class TorchOptimizerConfig(OptimizerConfig):
-    """Any ``torch.optim`` class by name, with its keyword arguments; runs as a cohort of one."""
+class RuleConfig(OptimizerConfig):
+    """A rule of the user's by import path (``target``), with its hyperparameters ``hp`` (the
+    names it declares; those left out take its defaults, see ``user_rules``)."""
 
+    target: str = ""
+    hp: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TorchOptimizerConfig:
+    """Any ``torch.optim.Optimizer`` subclass: a name in ``torch.optim`` or an import path,
+    with its keyword arguments (its own ``weight_decay`` among them, if it has one)."""
+
+    name: str = MISSING
+    lr: float = 0.001
     class_name: str = "AdamW"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive("optimizer.lr", self.lr)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -528,11 +555,14 @@ class ModelOption(Option):
 
 @dataclass(frozen=True)
 class OptimizerOption(Option):
-    """An optimizer; a ``full_batch`` one takes the whole training split at every update, one
-    that trains ``alone`` trains one run at a time (never in a cohort)."""
+    """An optimizer; ``build(configs, shapes, lr_keys)`` makes the rule of a cohort from its
+    runs' configs, the model's parameter shapes and which runs always share their learning
+    rate (equal keys; see ``engine.learning_rate_keys``). A ``full_batch`` one takes the whole
+    training split at every update. ``check(cfg)``, if given, validates what the schema cannot
+    (and may complete ``cfg``, e.g. with a user rule's default hyperparameters)."""
 
     full_batch: bool = False
-    alone: bool = False
+    check: Callable[[Any], None] | None = None
 
 
 _OPTIONS: dict[str, dict[str, Option]] = {}
@@ -555,13 +585,17 @@ def register(options: dict[str, dict[str, Option]]) -> None:
 
 def to_spec(cfg: DictConfig) -> RunConfig:
     """Turn a composed config into dataclasses, running every range check, and refuse numbers
-    that are not finite and keys its schema lacks (see :func:`check_values`)."""
+    that are not finite and keys its schema lacks (see :func:`check_values`); then the
+    optimizer's own check and the checks across groups."""
     try:
         spec = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "config")
         raise ConfigError(key, "", str(error).split("\n")[0]) from error
     check_values(spec, "")
+    check_optimizer = _OPTIONS["optimizer"][spec.optimizer.name].check
+    if check_optimizer is not None:
+        check_optimizer(spec.optimizer)
     check_combination(spec)
     return spec
 
@@ -570,8 +604,8 @@ def check_values(node: Any, key: str) -> None:
     """Refuse, anywhere in ``node`` (found at ``key``), a float that is inf or NaN (alone or
     in a list) and an attribute that is not a field of its dataclass: ``OmegaConf.to_object``
     sets a key added with ``+`` as such an attribute, which nothing would read. Keys inside
-    a ``dict`` field (a torch optimizer's or a module's ``kwargs``) are free-form and only
-    their values are checked."""
+    a ``dict`` field (a torch optimizer's or a module's ``kwargs``, a rule's ``hp``) are
+    free-form and only their values are checked."""
     if is_dataclass(node):
         names = [f.name for f in fields(node)]
         for extra in sorted(vars(node).keys() - set(names)):
@@ -581,7 +615,8 @@ def check_values(node: Any, key: str) -> None:
                 _dotted(key, extra),
                 getattr(node, extra),
                 f"{owner} takes {allowed}; + adds keys only to a free-form dict "
-                "(optimizer.kwargs of optimizer=torch, model.kwargs of model=module)",
+                "(optimizer.hp of optimizer=rule, optimizer.kwargs of optimizer=torch, "
+                "model.kwargs of model=module)",
             )
         children = {name: getattr(node, name) for name in names}
     elif isinstance(node, dict):
@@ -651,6 +686,9 @@ def check_combination(spec: RunConfig) -> None:
 
 
 RUN_IDENTITY_EXCLUDES = ("tracking", "run_name")
+# Keys added after runs were recorded without them: left out of the identity while they hold
+# this value, so that those runs are still found (a rerun of an old study resumes).
+LATER_KEYS = {("optimizer", "weight_decay"): 0.0}
 
 
 def as_dict(spec: RunConfig) -> dict[str, Any]:
@@ -665,8 +703,12 @@ def yaml_text(tree: dict[str, Any]) -> str:
 
 
 def fingerprint(spec: RunConfig) -> str:
-    """SHA-256 (first 16 hex digits) of the run's config without tracking keys or its name."""
+    """SHA-256 (first 16 hex digits) of the run's config without tracking keys or its name,
+    nor the ``LATER_KEYS`` at their neutral values."""
     content = {k: v for k, v in as_dict(spec).items() if k not in RUN_IDENTITY_EXCLUDES}
+    for (group, key), neutral in LATER_KEYS.items():
+        if content[group].get(key, neutral) == neutral:
+            content[group].pop(key, None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -683,11 +725,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def hyperparameters(node: Any) -> dict[str, float]:
-    """The numeric fields of an optimizer or schedule config: the values a cohort may vary."""
-    return {
-        f.name: float(getattr(node, f.name))
-        for f in fields(node)
-        if isinstance(getattr(node, f.name), int | float)
-        and not isinstance(getattr(node, f.name), bool)
-    }
+    """The values a cohort may vary in an optimizer or schedule config, each run its own: the
+    numeric fields, and the entries of a user rule's ``hp`` under their own names."""
+    values = {f.name: getattr(node, f.name) for f in fields(node)}
+    values |= values.pop("hp", {})
+    return {name: float(value) for name, value in values.items() if is_number(value)}

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import devices, optim, schedules
+from harness import devices, registry, schedules, torch_optim
 from harness import problem as problem_module
 from harness.config import RunConfig, as_dict, hyperparameters
 from harness.problem import Problem
@@ -101,14 +101,19 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 def cohort_key(spec: RunConfig) -> str:
     """What runs must share to train together: everything but the seed, the model's init,
-    the numeric optimizer and schedule values, the run name and tracking."""
+    the numeric optimizer and schedule values (a user rule's ``hp`` and a torch optimizer's
+    numeric ``kwargs`` among them), the run name and tracking."""
     tree = as_dict(spec)
     for key in ("seed", "run_name", "tracking"):
         tree.pop(key)
     tree["model"].pop("init")
     for group in ("optimizer", "schedule"):
         for name in hyperparameters(getattr(spec, group)):
-            tree[group].pop(name)
+            tree[group].pop(name, None)
+            tree[group].get("hp", {}).pop(name, None)
+    kwargs = tree["optimizer"].get("kwargs", {})
+    for name in [name for name, value in kwargs.items() if torch_optim.per_run(value)]:
+        kwargs.pop(name)
     return repr(sorted((k, repr(v)) for k, v in tree.items()))
 
 
@@ -140,6 +145,17 @@ def stack_hyperparameters(configs: list, device: torch.device, dtype: torch.dtyp
         name: torch.tensor([[row[name]] for row in rows], device=device, dtype=dtype)
         for name in rows[0]
     }
+
+
+def learning_rate_keys(specs: list[RunConfig], schedule) -> list:
+    """One key per run; runs with equal keys have equal learning rates at every step: the same
+    ``lr`` and schedule values, on a schedule that does not follow each run's own loss."""
+    if schedule.follows_loss:
+        return list(range(len(specs)))
+    return [
+        (getattr(s.optimizer, "lr", None), sorted(hyperparameters(s.schedule).items()))
+        for s in specs
+    ]
 
 
 def initial_parameters(specs: list[RunConfig], model) -> torch.Tensor:
@@ -261,12 +277,15 @@ def train_cohort(
     if problem.model.trains_alone and len(specs) > 1:
         raise ValueError("this model has buffers or random layers: its runs train one at a time")
     plan = make_plan(first, problem.data.sizes["train"])
-    rule = optim.build(first.optimizer)
-    hp = stack_hyperparameters([s.optimizer for s in specs], device, dtype)
+    configs = [s.optimizer for s in specs]
+    hp = stack_hyperparameters(configs, device, dtype)
     base_lr = hp.get("lr")
     theta = initial_parameters(specs, problem.model).to(device, dtype)
     schedule_hp = stack_hyperparameters([s.schedule for s in specs], device, dtype)
     schedule = schedules.build(first.schedule.name, schedule_hp, plan.total_steps, theta[:, :1])
+    rule = registry.OPTIONS["optimizer"][first.optimizer.name].build(
+        configs, problem.model.shapes, learning_rate_keys(specs, schedule)
+    )
     monitor = getattr(first.schedule, "monitor", "train")
     loop = _Loop(
         problem,

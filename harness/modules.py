@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import inspect
 import math
 
@@ -36,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from harness.config import ConfigError, ModelOption, ModuleModelConfig
+from harness.imports import import_object
 from harness.models import FlatModel
 
 SIZE_ARGUMENTS = ("input_shape", "inputs", "outputs")
@@ -48,21 +48,9 @@ EVAL_VALUES = {"cpu": 2**22, "cuda": 2**25}
 def import_class(target: str) -> type:
     """The class at ``target``; a ConfigError on ``model.target`` unless it imports and is
     a ``torch.nn.Module`` subclass."""
-    module_path, _, name = target.rpartition(".")
-    if not module_path or not all(part.isidentifier() for part in target.split(".")):
-        raise ConfigError(
-            "model.target",
-            target,
-            "expected the import path of a torch.nn.Module class, e.g. my_pkg.nets.SmallNet",
-        )
-    try:
-        found = getattr(importlib.import_module(module_path), name)
-    except ImportError as error:
-        raise ConfigError("model.target", target, f"cannot be imported: {error}") from error
-    except AttributeError as error:
-        raise ConfigError(
-            "model.target", target, f"module {module_path} has no attribute {name}"
-        ) from error
+    found = import_object(
+        target, "model.target", "a torch.nn.Module class, e.g. my_pkg.nets.SmallNet"
+    )
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
         raise ConfigError("model.target", target, "expected a torch.nn.Module subclass")
     return found

@@ -18,11 +18,15 @@ Lecture setting -> torch.optim equivalent (tests/test_optim.py checks each):
   whose parameters are the lecture's look-ahead points phi - a b m
 - ``adam`` lr, beta, gamma, eps        == Adam(lr, betas=(beta, gamma), eps)
 - ``normalized`` lr, eps              == Adam(lr, betas=(0, 0), eps)
+- ``adamw`` lr, beta, gamma, eps, weight_decay == AdamW(lr, betas=(beta, gamma), eps, weight_decay)
+
+``weight_decay`` (lambda) is coupled L2 on every rule but ``adamw``, as torch's ``weight_decay``
+of SGD and Adam is (see :func:`with_weight_decay`). Users' rules (:mod:`harness.user_rules`) and
+torch.optim classes (:mod:`harness.torch_optim`) build rules of the same form.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,14 +34,12 @@ import torch
 
 from harness.config import (
     AdamConfig,
-    ConfigError,
     LineSearchConfig,
     MomentumConfig,
     NesterovConfig,
     NormalizedConfig,
     OptimizerConfig,
     OptimizerOption,
-    TorchOptimizerConfig,
 )
 
 Tensor = torch.Tensor
@@ -178,106 +180,69 @@ def line_search() -> Rule:
     return Rule(init, update, step_size=lambda state, lr: state.step)
 
 
-class TorchState(NamedTuple):
-    count: int
-    leaf: Tensor
-    optimizer: torch.optim.Optimizer
+WEIGHT_DECAY_FORMS = ("coupled", "decoupled")
 
 
-def torch_optimizer(class_name: str, kwargs: dict[str, Any], lr: float) -> Rule:
-    """Any torch.optim class on one run: the step it takes is returned as the update; its
-    learning rate is set to the scheduled ``lr`` before every step."""
-    optimizer_class = check_torch_optimizer(class_name, kwargs, lr)
+def with_weight_decay(rule: Rule, form: str) -> Rule:
+    """``rule`` with weight decay lambda = ``hp["weight_decay"]`` (R, 1), each run its own.
 
-    def init(params):
-        if params.shape[0] != 1:
-            raise ValueError("torch.optim optimizers train cohorts of one run")
-        leaf = params.detach().clone().requires_grad_(True)
-        return TorchState(0, leaf, optimizer_class([leaf], lr=lr, **kwargs))
+    ``coupled`` (L2; torch's ``weight_decay`` of SGD and Adam): the rule sees the gradient of
+    L + lambda/2 |phi|^2, that is g + lambda phi, at the point the gradient is taken (Nesterov's
+    look-ahead point), and a line search minimises the same penalised loss.
+    ``decoupled`` (AdamW, Lion): phi <- phi - alpha lambda phi, then the rule's own update, with
+    alpha the scheduled learning rate: the update is the rule's minus alpha lambda phi.
+    """
+    if form == "decoupled":
 
-    def update(grads, state, params, hp, lr, loss_at):
-        with torch.no_grad():
-            state.leaf.copy_(params)
-        for group in state.optimizer.param_groups:
-            group["lr"] = float(lr)
-        state.leaf.grad = grads.detach().clone()
-        state.optimizer.step()
-        return state.leaf.detach() - params, TorchState(
-            state.count + 1, state.leaf, state.optimizer
-        )
+        def decoupled(grads, state, params, hp, lr, loss_at):
+            updates, state = rule.update(grads, state, params, hp, lr, loss_at)
+            return updates - lr * hp["weight_decay"] * params, state
 
-    return Rule(init, update)
+        return rule._replace(update=decoupled)
 
+    def coupled(grads, state, params, hp, lr, loss_at):
+        decay = hp["weight_decay"]
+        point = rule.lookahead(params, state, hp, lr) if rule.lookahead else params
 
-UNUSABLE_TORCH_OPTIMIZERS = {
-    "LBFGS": "LBFGS re-evaluates the loss through a closure; use gd_linesearch",
-    "SparseAdam": "SparseAdam takes sparse gradients only; the harness's are dense",
-}
+        def penalised(points: Tensor) -> Tensor:
+            penalty = 0.5 * decay.reshape(-1) * points.square().sum(-1)
+            return loss_at(points).reshape(-1) + penalty
 
+        return rule.update(grads + decay * point, state, params, hp, lr, penalised)
 
-def torch_optimizers() -> dict[str, type]:
-    """The concrete torch.optim optimizers by name: subclasses of ``Optimizer`` with a ``step``
-    of their own (torch wraps ``step`` in a profiling hook, hence the unwrap)."""
-    base = inspect.unwrap(torch.optim.Optimizer.step)
-    return {
-        name: c
-        for name, c in vars(torch.optim).items()
-        if inspect.isclass(c)
-        and issubclass(c, torch.optim.Optimizer)
-        and inspect.unwrap(c.step) is not base
-    }
+    return rule._replace(update=coupled)
 
 
-def check_torch_optimizer(class_name: str, kwargs: dict[str, Any], lr: float) -> type:
-    """The concrete torch.optim class named ``class_name``, after checking its keyword names
-    and building it with ``lr`` and ``kwargs`` on a trial parameter (torch checks values)."""
-    optimizers = torch_optimizers()
-    if class_name in UNUSABLE_TORCH_OPTIMIZERS or class_name not in optimizers:
-        names = sorted(optimizers.keys() - UNUSABLE_TORCH_OPTIMIZERS.keys())
-        allowed = f"expected a torch.optim optimizer: {', '.join(names)}"
-        if class_name in UNUSABLE_TORCH_OPTIMIZERS:
-            allowed = f"{UNUSABLE_TORCH_OPTIMIZERS[class_name]}; {allowed}"
-        raise ConfigError("optimizer.class_name", class_name, allowed)
-    optimizer_class = optimizers[class_name]
-    accepted = set(inspect.signature(optimizer_class).parameters) - {"params", "lr"}
-    for key in kwargs:
-        if key not in accepted:
-            raise ConfigError(
-                f"optimizer.kwargs.{key}",
-                kwargs[key],
-                f"{class_name} takes {', '.join(sorted(accepted))}",
-            )
-    try:
-        optimizer_class([torch.zeros(1, 2, requires_grad=True)], lr=lr, **kwargs)
-    except (TypeError, ValueError, RuntimeError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        allowed = f"{class_name} refuses them: {message}"
-        raise ConfigError("optimizer.kwargs", kwargs, allowed) from error
-    return optimizer_class
+def decayed(rule: Rule, configs: list, form: str) -> Rule:
+    """``rule`` with weight decay in ``form`` if any run of the cohort has some; with none
+    the rule is left exactly as it is (and so are its numbers)."""
+    if any(cfg.weight_decay for cfg in configs):
+        return with_weight_decay(rule, form)
+    return rule
+
+
+def _lecture(make: Callable[[Any], Rule], form: str = "coupled") -> Callable[..., Rule]:
+    """The build of a lecture rule: ``make(cfg)`` for the cohort, with its weight decay."""
+
+    def build(configs: list, shapes, lr_keys) -> Rule:
+        return decayed(make(configs[0]), configs, form)
+
+    return build
 
 
 OPTIONS: dict[str, OptimizerOption] = {
-    "gd": OptimizerOption(OptimizerConfig, lambda cfg: gradient_descent(), full_batch=True),
-    "gd_linesearch": OptimizerOption(LineSearchConfig, lambda cfg: line_search(), full_batch=True),
-    "sgd": OptimizerOption(OptimizerConfig, lambda cfg: gradient_descent()),
-    "momentum": OptimizerOption(MomentumConfig, lambda cfg: momentum(cfg.m0)),
-    "nesterov": OptimizerOption(NesterovConfig, lambda cfg: nesterov(cfg.lookahead)),
-    "normalized": OptimizerOption(NormalizedConfig, lambda cfg: normalized()),
-    "adam": OptimizerOption(AdamConfig, lambda cfg: adam()),
-    "torch": OptimizerOption(
-        TorchOptimizerConfig,
-        lambda cfg: torch_optimizer(cfg.class_name, dict(cfg.kwargs), cfg.lr),
-        alone=True,
+    "gd": OptimizerOption(
+        OptimizerConfig, _lecture(lambda cfg: gradient_descent()), full_batch=True
     ),
+    "gd_linesearch": OptimizerOption(
+        LineSearchConfig, _lecture(lambda cfg: line_search()), full_batch=True
+    ),
+    "sgd": OptimizerOption(OptimizerConfig, _lecture(lambda cfg: gradient_descent())),
+    "momentum": OptimizerOption(MomentumConfig, _lecture(lambda cfg: momentum(cfg.m0))),
+    "nesterov": OptimizerOption(NesterovConfig, _lecture(lambda cfg: nesterov(cfg.lookahead))),
+    "normalized": OptimizerOption(NormalizedConfig, _lecture(lambda cfg: normalized())),
+    "adam": OptimizerOption(AdamConfig, _lecture(lambda cfg: adam())),
+    "adamw": OptimizerOption(AdamConfig, _lecture(lambda cfg: adam(), "decoupled")),
 }
-"""Every optimizer by name: its schema, ``build(cfg)`` (its rule) and how it trains."""
-
-
-def trains_alone(cfg) -> bool:
-    """Whether the optimizer trains one run at a time (torch.optim pass-through)."""
-    return OPTIONS[cfg.name].alone
-
-
-def build(cfg) -> Rule:
-    """The rule ``cfg`` (an optimizer config) names."""
-    return OPTIONS[cfg.name].build(cfg)
+"""The lecture's rules by name: their schema and ``build(configs, shapes, lr_keys)``.
+``adamw`` is ``adam`` with decoupled weight decay (torch's AdamW)."""

@@ -6,13 +6,13 @@ Importing this module registers each option's schema in Hydra's ConfigStore (see
 
 from __future__ import annotations
 
-from harness import config, data, losses, models, modules, optim, schedules
+from harness import config, data, losses, models, modules, optim, schedules, torch_optim, user_rules
 
 OPTIONS: dict[str, dict[str, config.Option]] = {
     "dataset": data.OPTIONS,
     "model": models.OPTIONS | modules.OPTIONS,
     "loss": losses.OPTIONS,
-    "optimizer": optim.OPTIONS,
+    "optimizer": optim.OPTIONS | user_rules.OPTIONS | torch_optim.OPTIONS,
     "schedule": schedules.OPTIONS,
 }
 

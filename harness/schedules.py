@@ -27,6 +27,8 @@ Tensor = torch.Tensor
 class Constant:
     """factor = 1."""
 
+    follows_loss = False  # True: each run's factor depends on its own losses (Plateau)
+
     def __init__(self, hp: dict[str, Tensor], total_steps: int, like: Tensor):
         self.ones = torch.ones_like(like)
 
@@ -77,6 +79,8 @@ class Plateau(Constant):
     below best (1 - threshold) is an improvement; after more than ``patience`` evaluations
     without one, factor <- max(factor * factor_cut, min_factor) and ``cooldown`` evaluations
     pass before counting again."""
+
+    follows_loss = True
 
     def __init__(self, hp: dict[str, Tensor], total_steps: int, like: Tensor):
         self.hp = hp

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 import harness.registry  # noqa: F401  (registers every option's schema before Hydra composes)
-from harness import config, devices, engine, optim, records, stopping
+from harness import config, devices, engine, records, stopping
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
 from harness.paths import CONFIG_DIR
@@ -26,7 +26,6 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, records.Store]:
     """Validate everything a run needs and open its store; raises ConfigError."""
     spec = config.to_spec(cfg)
     problem = problem_module.build(spec)
-    optim.build(spec.optimizer)
     devices.resolve(spec.trainer.device, spec.trainer.dtype)
     store = records.open_store(spec.tracking)
     return spec, problem, store

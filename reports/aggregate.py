@@ -144,17 +144,29 @@ def best_learning_rates(
     return best[[*groups, lr, "metric", "score", "runs", "diverged"]]
 
 
+def optimizer_names(frame: pd.DataFrame) -> pd.Series:
+    """The optimizer of each row as a report names it: a user's rule by the last part of its
+    import path (``lion``), a torch.optim class by its name (``RMSprop``), else the option's
+    name (``adam``)."""
+    names = frame["optimizer.name"].astype(str)
+    for option, key in (("rule", "optimizer.target"), ("torch", "optimizer.class_name")):
+        if key in frame.columns:
+            chosen = names.eq(option) & frame[key].notna()
+            names = names.where(~chosen, frame[key].astype(str).str.rpartition(".")[2])
+    return names
+
+
+NAMING_KEYS = ("optimizer.name", "optimizer.target", "optimizer.class_name", LEARNING_RATE)
+
+
 def variants(frame: pd.DataFrame) -> pd.Series:
-    """A label per row naming the optimizer, plus each of its settings (other than the
-    learning rate) that takes several values on the same problem, plus the schedule when the
-    frame has several: ``nesterov lookahead=slide``, ``sgd / cosine``."""
-    label = frame["optimizer.name"].astype(str)
-    settings = [
-        c
-        for c in frame.columns
-        if c.startswith("optimizer.") and c not in ("optimizer.name", LEARNING_RATE)
-    ]
-    within = ["problem", "optimizer.name"] if "problem" in frame.columns else ["optimizer.name"]
+    """A label per row naming the optimizer (see ``optimizer_names``), plus each of its
+    settings (other than the learning rate) that takes several values on the same problem,
+    plus the schedule when the frame has several: ``nesterov lookahead=slide``,
+    ``sgd / cosine``."""
+    label = optimizer_names(frame)
+    settings = [c for c in frame.columns if c.startswith("optimizer.") and c not in NAMING_KEYS]
+    within = ["problem", label] if "problem" in frame.columns else [label]
     for key in settings:
         counts = frame.groupby(within)[key].transform("nunique")
         varying = counts > 1

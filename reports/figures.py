@@ -9,6 +9,8 @@ at step 0); ``save`` writes it as PNG and SVG.
   per variant; diverged or failed runs are drawn as crosses at the top of the axis.
 - ``accuracy_sensitivity``: the same for the final accuracy of each classification problem
   (linear y); diverged or failed runs are drawn as crosses at the bottom.
+- ``decay_grid``: the final selection loss over learning rate and weight decay, a heatmap
+  per problem and optimizer, where a study varies the weight decay.
 - ``landscape``: the loss surface of a two-parameter problem as a contour over the book's
   ranges, with the runs' trajectories (phi0, phi1) on it.
 - ``schedules``: the learning rate against step, one line per schedule.
@@ -162,6 +164,52 @@ def _rate_panels(finals: pd.DataFrame, center: str, lost_at_top: bool):
             title=problem, xlabel="learning rate", ylabel=f"final {metric} ({BAND_LABEL[center]})"
         )
         axis.legend(fontsize="x-small")
+    return figure
+
+
+DECAY = "optimizer.weight_decay"
+
+
+def decay_grid(frame: pd.DataFrame, center: str = "median"):
+    """One heatmap per problem and optimizer: the final selection loss (``center`` over seeds)
+    at each learning rate (columns) and weight decay (rows), colored on a log scale where all
+    are positive, the best cell framed; a cell that
+    runs which diverged or failed make infinite is left blank. None without a weight decay."""
+    if DECAY not in frame.columns:
+        return None
+    finals = aggregate.selection_finals(frame.dropna(subset=[DECAY]))
+    finals = finals.assign(optimizer=aggregate.optimizer_names(finals))
+    keys = ["problem", "optimizer"]
+    panels = sorted(finals.groupby(keys).groups)
+    if not panels:
+        return None
+    figure, axes = _facets(len(panels), columns=len(finals["optimizer"].unique()))
+    for axis, (problem, optimizer) in zip(axes, panels, strict=True):
+        part = finals[(finals["problem"] == problem) & (finals["optimizer"] == optimizer)]
+        cells = aggregate.bands(part, [DECAY, aggregate.LEARNING_RATE], "score", center)
+        grid = cells.pivot(index=DECAY, columns=aggregate.LEARNING_RATE, values="center")
+        grid = grid.where(np.isfinite(grid))
+        positive = bool((grid.stack() > 0).all())
+        sns.heatmap(
+            grid,
+            ax=axis,
+            annot=True,
+            fmt=".2g",
+            annot_kws={"fontsize": 6},
+            cmap="viridis_r",
+            norm=matplotlib.colors.LogNorm() if positive else None,
+            cbar=False,
+            xticklabels=[f"{rate:g}" for rate in grid.columns],
+            yticklabels=[f"{decay:g}" for decay in grid.index],
+        )
+        if grid.notna().any().any():
+            row, column = np.unravel_index(np.nanargmin(grid.to_numpy()), grid.shape)
+            axis.add_patch(plt.Rectangle((column, row), 1, 1, fill=False, edgecolor="red", lw=2))
+        axis.set(
+            title=f"{problem}: {optimizer}",
+            xlabel="learning rate",
+            ylabel="weight decay",
+        )
     return figure
 
 

@@ -8,7 +8,8 @@ in the table as diverged, and a figure leaves out what has no curve.
 Figures that apply: convergence of the training loss (and of the validation loss where there
 is one); convergence of the validation and test accuracy where a problem classifies;
 learning-rate sensitivity where a variant was run at several rates, of the final loss and,
-where a problem classifies, of the final accuracy; the loss landscape of each two-parameter
+where a problem classifies, of the final accuracy; weight decay against learning rate where
+the weight decay varies; the loss landscape of each two-parameter
 problem; schedules where there are several; performance profiles where there are two problems
 or more.
 """
@@ -108,6 +109,17 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
                     lambda: figures.accuracy_sensitivity(frame, center),
                 )
             )
+    if figures.DECAY in frame.columns and frame[figures.DECAY].nunique() > 1:
+        plans.append(
+            (
+                "decay_grid",
+                "Weight decay and learning rate",
+                f"Final selection loss at each learning rate and weight decay ({band}), per "
+                "problem and optimizer; the best cell framed, blank where runs that diverged or "
+                "failed make it infinite.",
+                lambda: figures.decay_grid(frame, center),
+            )
+        )
     if "phi0" in frame.columns:
         for problem in sorted(frame.loc[frame["phi0"].notna(), "problem"].unique()):
             name = "landscape_" + problem.replace("/", "_")

@@ -50,7 +50,7 @@ def test_the_smoke_study_records_the_same_runs_batched_and_one_by_one(tmp_path):
             ],
             12,
         ),
-        (
+        pytest.param(
             "lr_sensitivity",
             [
                 "+problem=digits_mlp,breast_cancer_logistic,diabetes_linear",
@@ -59,6 +59,7 @@ def test_the_smoke_study_records_the_same_runs_batched_and_one_by_one(tmp_path):
                 "seed=0,1",
             ],
             24,
+            marks=pytest.mark.slow,
         ),
         pytest.param(
             "cnn",

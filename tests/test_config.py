@@ -41,6 +41,7 @@ COMPANIONS = {
     ("loss", "bce"): ["dataset=moons", "model=logistic"],
     ("loss", "cross_entropy"): ["dataset=wine", "model=softmax"],
     ("loss", "surface"): ["dataset=none", "model=adam_demo"],
+    ("optimizer", "rule"): ["optimizer.target=examples.lion"],
 }
 
 
@@ -50,6 +51,7 @@ PRESETS = {  # option files that set values of another option's schema
     ("model", "small_cnn"): "module",
     ("model", "2c2d"): "module",
     ("model", "3c3d"): "module",
+    ("optimizer", "lion"): "rule",
 }
 
 
@@ -118,7 +120,16 @@ def test_numbers_that_are_not_finite_are_refused(overrides, key):
 
 ADDED_KEYS = [
     (["+optimizer.learning_rate=0.1"], "optimizer.learning_rate", "optimizer gd takes lr"),
-    (["optimizer=adam", "+optimizer.alpha=0.1"], "optimizer.alpha", "lr, beta, gamma, eps"),
+    (
+        ["optimizer=adam", "+optimizer.alpha=0.1"],
+        "optimizer.alpha",
+        "lr, weight_decay, beta, gamma",
+    ),
+    (
+        ["optimizer=rule", "+optimizer.beta1=0.9"],
+        "optimizer.beta1",
+        "optimizer.hp of optimizer=rule",
+    ),
     (["optimizer=torch", "+optimizer.alpha=0.9"], "optimizer.alpha", "class_name, kwargs"),
     (["+trainer.epoch=3"], "trainer.epoch", "trainer takes steps, epochs"),
     (["+model.envelop=32"], "model.envelop", "model gabor takes init, envelope"),
@@ -199,3 +210,20 @@ def test_both_entry_points_refuse_in_one_line_before_any_run(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: optimizer.")
     assert runs_in(store_uri) == runs_in(store_uri, "smoke") == []
+
+
+def test_a_weight_decay_of_0_keeps_the_identity_runs_had_before_it_existed():
+    """Fingerprints recorded before ``optimizer.weight_decay`` existed (harness 1684435): a
+    store of those runs resumes; any other weight decay is another run."""
+    before = {
+        (): "f72d2d2f73b649aa",
+        ("optimizer=adam", "+problem=digits_mlp"): "59f16acad11f4571",
+        ("optimizer=torch", "optimizer.class_name=RMSprop", "+optimizer.kwargs.alpha=0.9"): (
+            "9d7d5ad8b792655b"
+        ),
+    }
+    for overrides, recorded in before.items():
+        assert config.fingerprint(compose_spec(*overrides)) == recorded
+    decayed = compose_spec("optimizer.weight_decay=0.01")
+    assert config.fingerprint(decayed) != before[()]
+    assert config.flatten(config.as_dict(compose_spec()))["optimizer.weight_decay"] == 0.0

@@ -172,7 +172,7 @@ def test_cohort_members_must_share_a_structure():
         engine.train_cohort([compose_spec("optimizer=adam"), compose_spec("optimizer=sgd")])
 
 
-def test_torch_optimizers_run_as_cohorts_of_one():
+def test_a_torch_optimizer_trains():
     spec = compose_spec(
         "optimizer=torch",
         "optimizer.class_name=SGD",

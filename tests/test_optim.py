@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 from harness import optim
-from harness.config import ConfigError
+from harness.config import AdamConfig, OptimizerConfig
 from harness.models import RosenbrockSurface
 
 ROSENBROCK = RosenbrockSurface(1.0, 100.0)
@@ -174,23 +176,28 @@ def test_torch_dampening_differs_from_the_lecture_in_the_first_step_only():
     assert not torch.allclose(lecture, theirs)
 
 
-def test_book_nesterov_equals_torch_nesterov_at_the_lookahead_points():
-    """torch's SGD(nesterov) parameters are the lecture's look-ahead points phi - a b m."""
-    lr, beta = 1e-3, 0.9
-    rule = optim.nesterov("book")
+def book_lookaheads(rule: optim.Rule, hp: dict) -> torch.Tensor:
+    """The book's look-ahead points phi - a b m after each of STEPS steps of ``rule`` on
+    Rosenbrock from START, the gradient taken at the rule's look-ahead point."""
     params = torch.tensor([START], dtype=torch.float64)
     state, lookaheads = rule.init(params), []
-    hp = hyper(lr=lr, beta=beta)
     for _ in range(STEPS):
         point = rule.lookahead(params, state, hp, hp["lr"]).requires_grad_(True)
         (grad,) = torch.autograd.grad(ROSENBROCK(point).sum(), point)
         delta, state = rule.update(grad, state, params, hp, hp["lr"], None)
         params = params + delta
-        lookaheads.append((params - lr * beta * state.m)[0])
+        lookaheads.append((params - hp["lr"] * hp["beta"] * state.m)[0])
+    return torch.stack(lookaheads)
+
+
+def test_book_nesterov_equals_torch_nesterov_at_the_lookahead_points():
+    """torch's SGD(nesterov) parameters are the lecture's look-ahead points phi - a b m."""
+    lr, beta = 1e-3, 0.9
+    ours = book_lookaheads(optim.nesterov("book"), hyper(lr=lr, beta=beta))
     theirs = run_torch(
         torch.optim.SGD, START, STEPS, lr=lr * (1 - beta), momentum=beta, nesterov=True
     )
-    torch.testing.assert_close(torch.stack(lookaheads), theirs)
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_slide_nesterov_differs_from_the_book():
@@ -211,33 +218,110 @@ def test_normalized_equals_torch_adam_without_averaging():
     torch.testing.assert_close(ours, theirs)
 
 
-def test_torch_passthrough_takes_torch_steps():
-    rule = optim.torch_optimizer("RMSprop", {"alpha": 0.9}, lr=1e-3)
-    ours, _ = run_rule(rule, hyper(lr=1e-3), START, STEPS)
-    theirs = run_torch(torch.optim.RMSprop, START, STEPS, lr=1e-3, alpha=0.9)
-    torch.testing.assert_close(ours, theirs)
+# --------------------------------------------------------------------- weight decay
+
+DECAY = 0.05
 
 
-@pytest.mark.parametrize(
-    ("class_name", "kwargs", "key", "message"),
-    [
-        ("Optimizer", {}, "optimizer.class_name", "expected a torch.optim optimizer: "),
-        ("SparseAdam", {}, "optimizer.class_name", "takes sparse gradients only"),
-        ("LBFGS", {}, "optimizer.class_name", "use gd_linesearch"),
-        ("Adam", {"betas": [0.9, 1.5]}, "optimizer.kwargs", "Invalid beta parameter"),
-        ("SGD", {"momentum": -1.0}, "optimizer.kwargs", "Invalid momentum value"),
-        ("AdamW", {"weight_decay": "lots"}, "optimizer.kwargs", "AdamW refuses them"),
-    ],
-)
-def test_a_torch_optimizer_that_cannot_train_is_refused(class_name, kwargs, key, message):
-    with pytest.raises(ConfigError, match=message) as error:
-        optim.torch_optimizer(class_name, kwargs, lr=1e-3)
-    assert error.value.key == key
+def decaying(rule: optim.Rule, form: str = "coupled") -> optim.Rule:
+    return optim.with_weight_decay(rule, form)
 
 
-def test_every_usable_torch_optimizer_takes_finite_steps():
-    names = optim.torch_optimizers().keys() - optim.UNUSABLE_TORCH_OPTIMIZERS.keys()
-    assert {"SGD", "Adam", "AdamW", "RMSprop"} <= names and "Optimizer" not in names
-    for name in sorted(names):
-        path, _ = run_rule(optim.torch_optimizer(name, {}, lr=1e-3), hyper(lr=1e-3), START, 3)
-        assert torch.isfinite(path).all() and not torch.equal(path[-1], path[0]), name
+def test_coupled_decay_equals_torch_sgd_weight_decay():
+    hp = hyper(lr=1e-3, weight_decay=DECAY)
+    ours, _ = run_rule(decaying(optim.gradient_descent()), hp, START, STEPS)
+    theirs = run_torch(torch.optim.SGD, START, STEPS, lr=1e-3, weight_decay=DECAY)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_coupled_decay_on_momentum_equals_torch_sgd_with_rescaled_lr():
+    hp = hyper(lr=1e-3, beta=0.9, weight_decay=DECAY)
+    ours, _ = run_rule(decaying(optim.momentum()), hp, START, STEPS)
+    theirs = run_torch(
+        torch.optim.SGD, START, STEPS, lr=1e-3 * 0.1, momentum=0.9, weight_decay=DECAY
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_coupled_decay_on_nesterov_decays_the_lookahead_point_as_torch_does():
+    lr, beta = 1e-3, 0.9
+    ours = book_lookaheads(
+        decaying(optim.nesterov("book")), hyper(lr=lr, beta=beta, weight_decay=DECAY)
+    )
+    theirs = run_torch(
+        torch.optim.SGD,
+        START,
+        STEPS,
+        lr=lr * (1 - beta),
+        momentum=beta,
+        nesterov=True,
+        weight_decay=DECAY,
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_coupled_decay_on_normalized_and_adam_equals_torch_adam_weight_decay():
+    hp = hyper(lr=0.01, eps=1e-8, weight_decay=DECAY)
+    ours, _ = run_rule(decaying(optim.normalized()), hp, START, STEPS)
+    theirs = run_torch(
+        torch.optim.Adam, START, STEPS, lr=0.01, betas=(0.0, 0.0), eps=1e-8, weight_decay=DECAY
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    hp = hyper(lr=0.05, beta=0.9, gamma=0.99, eps=1e-8, weight_decay=DECAY)
+    ours, _ = run_rule(decaying(optim.adam()), hp, START, STEPS)
+    theirs = run_torch(
+        torch.optim.Adam, START, STEPS, lr=0.05, betas=(0.9, 0.99), eps=1e-8, weight_decay=DECAY
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_adamw_equals_torch_adamw_and_differs_from_adam_with_l2():
+    adamw = optim.OPTIONS["adamw"].build([AdamConfig(name="adamw", weight_decay=0.1)], (), [0])
+    hp = hyper(lr=0.05, beta=0.9, gamma=0.999, eps=1e-8, weight_decay=0.1)
+    ours, _ = run_rule(adamw, hp, START, STEPS)
+    theirs = run_torch(torch.optim.AdamW, START, STEPS, lr=0.05, weight_decay=0.1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    coupled, _ = run_rule(decaying(optim.adam()), hp, START, STEPS)
+    assert not torch.allclose(coupled, theirs)
+
+
+def test_adamw_defaults_are_torchs_under_the_lecture_names():
+    defaults = inspect.signature(torch.optim.AdamW).parameters
+    cfg = AdamConfig(name="adamw")
+    assert (cfg.lr, cfg.eps) == (defaults["lr"].default, defaults["eps"].default)
+    assert (cfg.beta, cfg.gamma) == defaults["betas"].default
+    assert cfg.weight_decay == 0.0  # torch's AdamW decays by 0.01 unless told; we do not
+
+
+def test_coupled_decay_makes_the_line_search_minimise_the_penalised_loss():
+    """With a flat loss the only force is the penalty lambda/2 |phi|^2: the search along
+    -lambda phi finds the step 1/lambda, which lands on 0."""
+    rule = decaying(optim.line_search())
+    hp = {**hyper(max_dist=2.0, tol=1e-9, max_iter=200.0), "weight_decay": column(1.0)}
+    params = torch.tensor([[0.7, -0.4]], dtype=torch.float64)
+    delta, state = rule.update(
+        torch.zeros_like(params),
+        rule.init(params),
+        params,
+        hp,
+        column(1.0),
+        lambda points: torch.zeros(len(points), dtype=torch.float64),
+    )
+    torch.testing.assert_close(params + delta, torch.zeros_like(params), atol=1e-6, rtol=0)
+    assert float(state.step) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_each_run_decays_by_its_own_weight_decay():
+    rule = decaying(optim.gradient_descent())
+    params = torch.ones(3, 2, dtype=torch.float64)
+    hp = {"lr": column(0.1, 0.1, 0.1), "weight_decay": column(0.0, 1.0, 2.0)}
+    delta, _ = rule.update(torch.zeros_like(params), optim.NoState(), params, hp, hp["lr"], None)
+    assert delta[:, 0].tolist() == pytest.approx([0.0, -0.1, -0.2])
+
+
+def test_no_weight_decay_leaves_a_rule_as_it_is():
+    configs = [OptimizerConfig(name="sgd"), OptimizerConfig(name="sgd", weight_decay=0.0)]
+    plain = optim.gradient_descent()
+    assert optim.decayed(plain, configs, "coupled") is plain
+    configs[1].weight_decay = 1e-4
+    assert optim.decayed(plain, configs, "coupled") is not plain

@@ -25,17 +25,13 @@ def run_sweep(tmp_path, uri: str, *args: str) -> int:
 @pytest.fixture(scope="module")
 def smoke_store(tmp_path_factory, migrated_store) -> str:
     """The smoke study, its sgd points swept again with force=true (newer runs), and a
-    point that fails (torch's SGD with ``differentiable`` fails at its first step)."""
+    point that fails (a rule of tests/user_optim.py that raises at its first update)."""
     tmp_path = tmp_path_factory.mktemp("smoke")
     shutil.copy(migrated_store, tmp_path / "mlflow.db")
     store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(tmp_path, store_uri) == 0
     assert run_sweep(tmp_path, store_uri, "optimizer=sgd", "force=true") == 0
-    failing = [
-        "optimizer=torch",
-        "optimizer.class_name=SGD",
-        "+optimizer.kwargs.differentiable=true",
-    ]
+    failing = ["optimizer=rule", "optimizer.target=user_optim.raises"]
     assert run_sweep(tmp_path, store_uri, *failing, "seed=0") == 1
     return store_uri
 
@@ -77,7 +73,7 @@ def test_a_failed_run_keeps_its_status_on_every_row(smoke_store):
     frame = collect(smoke_store, "smoke")
     failed = frame[frame["status"] == "FAILED"]
     assert len(failed["run_id"].unique()) == 1
-    assert (failed["optimizer.name"] == "torch").all() and not failed["diverged"].any()
+    assert (failed["optimizer.name"] == "rule").all() and not failed["diverged"].any()
 
 
 def test_an_unknown_study_is_refused(store_uri):

@@ -203,3 +203,58 @@ def test_accuracy_sensitivity_puts_diverged_runs_at_the_bottom():
     offsets = crosses.get_offsets()
     assert list(offsets[:, 0]) == [1.0, 1.0]  # both seeds of adam at 1.0
     assert np.allclose(offsets[:, 1], axis.get_ylim()[0])  # at the bottom, never dropped
+
+
+def decay_frame() -> pd.DataFrame:
+    """Hand-made runs on breast_cancer/logistic: adam (L2) and a user rule (lion) x 2 rates x
+    2 weight decays x 2 seeds; the final validation loss is lr + decay (+ 0.01 per seed), and
+    lion at lr 1 with decay 0.1 diverges."""
+    runs = []
+    for name, target in (("adam", None), ("rule", "examples.lion")):
+        for lr in (0.1, 1.0):
+            for decay in (0.0, 0.1):
+                for seed in (0, 1):
+                    diverged = name == "rule" and lr == 1.0 and decay == 0.1
+                    loss = np.nan if diverged else lr + decay + 0.01 * seed
+                    runs.append(
+                        {
+                            "diverged": diverged,
+                            "problem": "breast_cancer/logistic",
+                            "optimizer.name": name,
+                            "optimizer.target": target,
+                            "optimizer.lr": lr,
+                            "optimizer.weight_decay": decay,
+                            "schedule.name": "constant",
+                            "seed": seed,
+                            "curve": [
+                                {"step": 0, "train_loss": 2.0, "val_loss": 2.0},
+                                {"step": 10, "train_loss": loss, "val_loss": loss},
+                            ],
+                        }
+                    )
+    return tidy_frame(runs)
+
+
+def test_the_decay_grid_shows_each_optimizers_loss_over_rate_and_decay():
+    frame = decay_frame()
+    assert sorted(aggregate.variants(frame).unique()) == [
+        "adam weight_decay=0.0",
+        "adam weight_decay=0.1",
+        "lion weight_decay=0.0",
+        "lion weight_decay=0.1",
+    ]
+    figure = figures.decay_grid(frame)
+    axes = [a for a in figure.axes if a.get_visible()]
+    assert [a.get_title() for a in axes] == [
+        "breast_cancer/logistic: adam",
+        "breast_cancer/logistic: lion",
+    ]
+    for axis, diverged in zip(axes, (False, True), strict=True):
+        assert [t.get_text() for t in axis.get_xticklabels()] == ["0.1", "1"]
+        assert [t.get_text() for t in axis.get_yticklabels()] == ["0", "0.1"]
+        cells = axis.collections[0].get_array().reshape(-1)
+        assert np.allclose(cells[:3], [0.105, 1.005, 0.205])  # median over the two seeds
+        assert bool(np.ma.is_masked(cells[3])) == diverged  # lion at 1, 0.1 diverged: blank
+        (best,) = axis.patches
+        assert best.get_xy() == (0, 0)  # lr 0.1, no decay
+    assert figures.decay_grid(frame.drop(columns="optimizer.weight_decay")) is None

@@ -134,11 +134,7 @@ def test_the_page_escapes_names_and_values(tmp_path):
 
 
 def test_an_unknown_study_and_one_without_finished_runs_get_a_message(tmp_path, store_uri, capsys):
-    failing = [
-        "optimizer=torch",
-        "optimizer.class_name=SGD",
-        "+optimizer.kwargs.differentiable=true",
-    ]
+    failing = ["optimizer=rule", "optimizer.target=user_optim.raises"]  # raises at its first step
     assert run_sweep(tmp_path, store_uri, *failing, "seed=0") == 1
     for study, message in [
         ("nope", "error: study='nope' is not allowed: no experiment of that name"),

@@ -46,6 +46,17 @@ def study_specs(study: str, every: int = 1) -> list[config.RunConfig]:
         return [config.to_spec(compose("config", job)) for job in chosen]
 
 
+def test_the_weight_decay_study_puts_adam_adamw_and_lion_across_rates_and_decays():
+    specs = study_specs("weight_decay", every=7)
+    assert len(study_jobs("weight_decay")) == 540
+    assert {s.optimizer.name for s in specs} == {"adam", "adamw", "rule"}
+    assert {s.optimizer.weight_decay for s in specs} == {0.0, 1e-3, 1e-2, 0.1, 1.0}
+    lion = [s.optimizer for s in specs if s.optimizer.name == "rule"]
+    assert {(o.target, tuple(o.hp.items())) for o in lion} == {
+        ("examples.lion", (("beta1", 0.9), ("beta2", 0.99)))
+    }
+
+
 def test_the_lecture_study_runs_every_optimizer_with_the_book_settings():
     specs = study_specs("lecture")
     assert len(specs) == 50
@@ -103,7 +114,9 @@ def test_the_valleys_grid_covers_the_book_range():
     assert all(list(s.model.init) != [-1.5, 6.5] for s in specs)  # the grid's start wins
 
 
-@pytest.mark.parametrize("study", ["smoke", "schedules", "cnn"])
+@pytest.mark.parametrize(
+    "study", ["smoke", "schedules", pytest.param("cnn", marks=pytest.mark.slow)]
+)
 def test_each_point_of_a_study_composes_and_validates(study):
     specs = study_specs(study)
     assert len({config.fingerprint(s) for s in specs}) == len(specs)
@@ -119,7 +132,15 @@ def test_every_point_of_the_large_studies_composes_and_validates(study):
 
 def test_every_study_states_its_question():
     found = studies.available()
-    expected = {"lecture", "gabor_valleys", "lr_sensitivity", "schedules", "smoke", "cnn"}
+    expected = {
+        "lecture",
+        "gabor_valleys",
+        "lr_sensitivity",
+        "schedules",
+        "smoke",
+        "cnn",
+        "weight_decay",
+    }
     assert set(found) == expected | {"gabor_sgd_grid"}
     assert all(len(question) > 40 for question in found.values())
     with pytest.raises(config.ConfigError, match="study='nope'"):
@@ -275,18 +296,31 @@ def points_of(*overrides_per_point: tuple[str, ...]) -> list[SimpleNamespace]:
     return [SimpleNamespace(spec=spec, alone=checker.check(spec)) for spec in specs]
 
 
-def test_points_that_share_structure_form_cohorts_and_torch_optimizers_train_alone():
+def test_points_that_share_structure_form_cohorts():
     points = points_of(
         ("optimizer=sgd", "seed=0"),
         ("optimizer=adam", "seed=0"),
         ("optimizer=sgd", "seed=1", "optimizer.lr=0.5"),
         ("optimizer=torch", "optimizer.class_name=SGD", "seed=0"),
-        ("optimizer=torch", "optimizer.class_name=SGD", "seed=1"),
+        ("optimizer=torch", "optimizer.class_name=SGD", "seed=1", "+optimizer.kwargs.momentum=0.5"),
         ("optimizer=sgd", "trainer.steps=7"),  # another trainer shape
-        ("optimizer=sgd", "seed=2"),
+        ("optimizer=sgd", "seed=2", "optimizer.weight_decay=0.1"),
+        (
+            "optimizer=torch",
+            "optimizer.class_name=SGD",
+            "+optimizer.kwargs.momentum=0.5",
+            "+optimizer.kwargs.nesterov=true",
+        ),
+        ("optimizer=torch", "optimizer.class_name=Adam", "+optimizer.kwargs.betas=[0.5,0.9]"),
+        ("optimizer=torch", "optimizer.class_name=Adam", "+optimizer.kwargs.betas=[0.9,0.9]"),
+        ("optimizer=rule", "optimizer.target=examples.lion", "+optimizer.hp.beta1=0.5"),
+        ("optimizer=rule", "optimizer.target=examples.lion", "seed=3"),
     )
     cohorts = cohort_plan.make_cohorts(points, range(len(points)), max_runs=100, workers=1)
-    assert sorted(c.positions for c in cohorts) == [[0, 2, 6], [1], [3], [4], [5]]
+    # numbers vary per run (a torch optimizer's numeric kwargs, a rule's hp); a flag does not
+    expected = [[0, 2, 6], [1], [3, 4], [5], [7], [8, 9], [10, 11]]
+    assert sorted(c.positions for c in cohorts) == expected
+    assert not any(point.alone for point in points)
     capped = cohort_plan.make_cohorts(points, [0, 2, 6], max_runs=2, workers=1)
     assert [c.positions for c in capped] == [[0, 2], [6]]
     spread = cohort_plan.make_cohorts(points, [0, 2, 6], max_runs=100, workers=2)

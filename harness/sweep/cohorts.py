@@ -23,7 +23,7 @@ class Cohort:
 
 def group_key(point: Point) -> str:
     """Points with the same key can train as one cohort (see ``engine.cohort_key``); a point
-    that trains alone (a torch.optim pass-through; a module with buffers or random layers)
+    that trains alone (a module with buffers or random layers)
     gets a key of its own."""
     if point.alone:
         return f"alone:{id(point)}"

@@ -13,8 +13,8 @@ isolated, and summed up.
    redone, a point RUNNING in a live process elsewhere is left to it;
 3. group the points to run into cohorts: points that share dataset, model, loss, optimizer
    rule, schedule type and trainer shape train as one batch (at most ``max_cohort`` runs,
-   split further to fit the memory budget and to give every worker work); a point whose
-   optimizer is a torch.optim pass-through trains alone. Open the sweep's parent run, the
+   split further to fit the memory budget and to give every worker work); a point of a
+   module with buffers or random layers trains alone. Open the sweep's parent run, the
    same one when an interrupted sweep is run again;
 4. train the cohorts on the workers: each point is still its own MLflow run, with the params,
    metrics and tags it has when trained alone. A cohort that raises has its points recorded

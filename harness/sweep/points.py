@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness import compose, config, devices, optim, train
+from harness import compose, config, devices, train
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
 from harness.problem import Problem
@@ -22,8 +22,8 @@ from harness.sweep.summary import Timing
 class Point:
     """One grid point: its Hydra job number and overrides, its composed config (without the
     ``hydra`` node, unresolved, as YAML), its job's output folder and its validated spec;
-    ``alone``: why it trains one run at a time, never in a cohort (a torch.optim optimizer, or
-    a module with buffers or random layers); "" when it trains in cohorts."""
+    ``alone``: why it trains one run at a time, never in a cohort (a module with buffers or
+    random layers); "" when it trains in cohorts."""
 
     index: int
     overrides: tuple[str, ...]
@@ -75,13 +75,10 @@ class Checker:
             self.problems[key] = problem_module.build(spec)
         else:  # data, model and loss fit; the batch size and schedule may not
             problem_module.check_training(spec, self.problems[key].data)
-        optim.build(spec.optimizer)
         device = (spec.trainer.device, spec.trainer.dtype)
         if device not in self.devices:
             devices.resolve(*device)
             self.devices.add(device)
-        if optim.trains_alone(spec.optimizer):
-            return "optimizer=torch steps through torch.optim"
         return self.problems[key].model.alone_because
 
 

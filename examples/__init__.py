@@ -1,0 +1,1 @@
+"""Examples of extending the harness: rules of one's own (``optimizer=rule``)."""
