@@ -188,14 +188,31 @@ def build(configs: list[TorchOptimizerConfig], shapes, lr_keys: list) -> Rule:
     order = [run for group in groups for run in group]
     firsts = [group[0] for group in groups]
 
+    in_order = order == sorted(order)
+    indices: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def index_on(device: torch.device) -> tuple[Tensor, Tensor]:
+        """The runs in the groups' order, and its inverse, as index tensors on ``device``."""
+        if device not in indices:
+            index = torch.tensor(order, device=device)
+            indices[device] = (index, torch.argsort(index))
+        return indices[device]
+
+    def arrange(values: Tensor, buffer: Tensor) -> None:
+        """Copy ``values`` (R, P), one row per run, into ``buffer`` in the groups' order."""
+        if in_order:
+            buffer.copy_(values)
+        else:
+            torch.index_select(values, 0, index_on(values.device)[0], out=buffer)
+
     def tensors(buffer: Tensor, start: int, runs: int) -> list[Tensor]:
-        return (
-            [buffer[start : start + runs]] if cls in ELEMENTWISE else _views(buffer[start], shapes)
-        )
+        if cls in ELEMENTWISE:
+            return [buffer[start : start + runs]]
+        return _views(buffer[start], shapes)
 
     def init(params: Tensor) -> TorchState:
-        index = torch.tensor(order, device=params.device)
-        buffer, grads = params.detach()[index], torch.zeros_like(params)
+        buffer, grads = torch.empty_like(params), torch.zeros_like(params)
+        arrange(params.detach(), buffer)
         param_groups, start = [], 0
         for group in groups:
             cfg = configs[group[0]]
@@ -206,19 +223,6 @@ def build(configs: list[TorchOptimizerConfig], shapes, lr_keys: list) -> Rule:
             start += len(group)
         optimizer = cls(param_groups, lr=configs[0].lr, **configs[0].kwargs)
         return TorchState(0, buffer, grads, optimizer)
-
-    in_order = order == sorted(order)
-    index_of: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
-    def arrange(values: Tensor, buffer: Tensor) -> None:
-        """Copy ``values`` (R, P), one row per run, into ``buffer`` in the groups' order."""
-        if in_order:
-            buffer.copy_(values)
-            return
-        if values.device not in index_of:
-            index = torch.tensor(order, device=values.device)
-            index_of[values.device] = (index, torch.argsort(index))
-        torch.index_select(values, 0, index_of[values.device][0], out=buffer)
 
     def update(grads, state, params, hp, lr, loss_at):
         arrange(params, state.params)
@@ -231,7 +235,7 @@ def build(configs: list[TorchOptimizerConfig], shapes, lr_keys: list) -> Rule:
                 raise RuntimeError("runs that share a parameter group got different learning rates")
             param_group["lr"] = rates[first]
         state.optimizer.step()
-        moved = state.params if in_order else state.params[index_of[params.device][1]]
+        moved = state.params if in_order else state.params[index_on(params.device)[1]]
         return moved - params, state._replace(count=state.count + 1)
 
     return Rule(init, update)
