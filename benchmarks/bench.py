@@ -67,6 +67,7 @@ from compose_bench import bench_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
+from sweep_times import sweep_times
 
 from harness import config, engine, records, train
 from harness import problem as problem_module
@@ -300,16 +301,6 @@ def bench_cnn_memory(runs: int = 64) -> dict[str, float]:
         "cohort": measured([*script, str(runs)])["peak_bytes"],
         "baseline": measured([*script, "0"])["peak_bytes"],
     }
-
-
-def sweep_times(uri: str, experiment: str) -> dict[str, float]:
-    """The ``seconds_*`` metrics the sweep recorded on its parent run."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    (parent,) = client.search_runs([found.experiment_id], "tags.role = 'sweep'")
-    return {k[len("seconds_") :]: v for k, v in parent.data.metrics.items() if "seconds_" in k}
 
 
 def bench_end_to_end() -> dict[str, dict]:

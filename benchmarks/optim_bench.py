@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweep_times import sweep_times
+
 from harness import problem as problem_module
 from harness import records, train
 from harness.compose import compose_spec
@@ -65,16 +67,6 @@ def bench_in_process(*optimizer: str) -> dict[str, float]:
     return {"cohort_s": cohort, "alone_s": alone}
 
 
-def sweep_seconds(uri: str, experiment: str) -> dict[str, float]:
-    """The ``seconds_*`` metrics of a sweep's parent run."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    (parent,) = client.search_runs([found.experiment_id], "tags.role = 'sweep'")
-    return {k[len("seconds_") :]: v for k, v in parent.data.metrics.items() if "seconds_" in k}
-
-
 def bench_torch_sweeps() -> dict[str, dict[str, float]]:
     """The 64 RMSprop points by the sweep launcher, as cohorts and with ``max_cohort=1``,
     each into a fresh sqlite store: wall seconds and the sweep's training stage."""
@@ -99,7 +91,7 @@ def bench_torch_sweeps() -> dict[str, dict[str, float]]:
             start = time.perf_counter()
             subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
             wall = time.perf_counter() - start
-            found[name] = {"wall_s": wall, "train_s": sweep_seconds(uri, "rmsprop")["train"]}
+            found[name] = {"wall_s": wall, "train_s": sweep_times(uri, "rmsprop")["train"]}
     return found
 
 
