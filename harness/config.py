@@ -500,11 +500,15 @@ class TrainerConfig:
 @dataclass
 class TrackingConfig:
     """Where runs go. ``uri`` null: ``$MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` at the
-    project root. ``log_every`` null keeps a curve to about 250 points."""
+    project root. ``log_every`` null keeps a curve to about 250 points. ``tags``: tags set on
+    each run besides the harness's own (``+tracking.tags.team=vision``; a tuning search sets
+    ``stage``); names that MLflow or the harness use are refused where the runs are opened
+    (``records.check_tags``)."""
 
     uri: str | None = None
     experiment: str = "runs"
     log_every: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("tracking.log_every", self.log_every)
@@ -529,6 +533,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     run_name: str | None = None
+    objective: str = "auto"  # what the run reports to a tuning sweeper: harness.objectives
 
 
 # ----------------------------------------------------------------------------- options
@@ -685,7 +690,7 @@ def check_combination(spec: RunConfig) -> None:
 # ----------------------------------------------------------------------------- identity
 
 
-RUN_IDENTITY_EXCLUDES = ("tracking", "run_name")
+RUN_IDENTITY_EXCLUDES = ("tracking", "run_name", "objective")
 # Keys added after runs were recorded without them: left out of the identity while they hold
 # this value, so that those runs are still found (a rerun of an old study resumes).
 LATER_KEYS = {("optimizer", "weight_decay"): 0.0}

@@ -102,9 +102,9 @@ def derive_seed(seed: int, purpose: str) -> int:
 def cohort_key(spec: RunConfig) -> str:
     """What runs must share to train together: everything but the seed, the model's init,
     the numeric optimizer and schedule values (a user rule's ``hp`` and a torch optimizer's
-    numeric ``kwargs`` among them), the run name and tracking."""
+    numeric ``kwargs`` among them), the run name, tracking and the objective."""
     tree = as_dict(spec)
-    for key in ("seed", "run_name", "tracking"):
+    for key in ("seed", "run_name", "tracking", "objective"):
         tree.pop(key)
     tree["model"].pop("init")
     for group in ("optimizer", "schedule"):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from harness import data as data_module
-from harness import losses, modules, registry
+from harness import losses, modules, objectives, registry
 from harness.config import ConfigError, RunConfig
 from harness.data import Dataset
 
@@ -28,6 +28,12 @@ class Problem:
     @property
     def classifies(self) -> bool:
         return hasattr(self.loss_fn, "correct")
+
+    def objective(self, name: str) -> str:
+        """The metric ``objective=name`` names on this problem; raises ConfigError for one
+        its runs do not record (see ``harness.objectives``)."""
+        has_validation = not self.is_surface and self.data.sizes.get("val", 0) > 0
+        return objectives.resolve(name, has_validation, self.classifies)
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None):
         return self.loss_of_pieces(self.model.split(theta), x, y)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from harness.config import ConfigError
 from harness.paths import STUDY_DIR
 
@@ -22,6 +24,20 @@ def question(path: Path) -> str:
         if not text.startswith("@package"):
             lines.append(text)
     return " ".join(lines).strip()
+
+
+def sweeper(name: str) -> str | None:
+    """The sweeper study ``name`` chooses (``- override /hydra/sweeper: optuna`` in its
+    defaults list), None for the harness's own. The primary config's own choice of the
+    harness's sweeper comes first in Hydra's defaults list, so ``python -m harness.sweep``
+    passes this one on the command line (``hydra/sweeper=optuna``) for it to take effect."""
+    tree = yaml.safe_load((STUDY_DIR / f"{name}.yaml").read_text()) or {}
+    for entry in tree.get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                if key.replace("override", "").strip().strip("/") == "hydra/sweeper":
+                    return str(value)
+    return None
 
 
 def available() -> dict[str, str]:

@@ -12,10 +12,12 @@ import signal
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import harness.registry  # noqa: F401  (registers every option's schema before Hydra composes)
-from harness import config, devices, engine, records, stopping
+from harness import config, devices, engine, objectives, records, stopping
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
 from harness.paths import CONFIG_DIR
@@ -26,7 +28,9 @@ def prepare(cfg: DictConfig) -> tuple[RunConfig, Problem, records.Store]:
     """Validate everything a run needs and open its store; raises ConfigError."""
     spec = config.to_spec(cfg)
     problem = problem_module.build(spec)
+    problem.objective(spec.objective)
     devices.resolve(spec.trainer.device, spec.trainer.dtype)
+    records.check_tags(spec.tracking.tags)
     store = records.open_store(spec.tracking)
     return spec, problem, store
 
@@ -68,7 +72,7 @@ def record_cohort(
         specs,
         names,
         [records.run_params(spec, derived) for spec in specs],
-        [run_tags] * len(specs),
+        [{**spec.tracking.tags, **run_tags} for spec in specs],
         records.dataset_inputs(data.name, data.split_digest, data.sizes, source),
         claim,
     )
@@ -111,18 +115,31 @@ def train_and_record(spec: RunConfig, problem: Problem, store: records.Store):
     return recorded.run_id, result
 
 
-def run(cfg: DictConfig) -> None:
-    """The task: validate ``cfg`` (exit 2 on a bad value), train it and record it, and print
-    one line on the outcome."""
+def objective(spec: RunConfig, problem: Problem, result: engine.RunResult) -> float:
+    """The run's objective (see ``harness.objectives``): what a tuning sweeper receives."""
+    return objectives.of_run(problem.objective(spec.objective), result)
+
+
+def run(cfg: DictConfig) -> float:
+    """The task: validate ``cfg``, train it and record it, print one line on the outcome and
+    return its objective (see ``harness.objectives``), which a tuning sweeper such as
+    Optuna's reads. A bad value exits with status 2, a run whose record could not be written
+    with 1; as a job of a multirun (Hydra's basic launcher) both raise instead, so that the
+    job fails alone and the sweeper goes on."""
     signal.signal(signal.SIGTERM, stopping.interrupt)  # a run stopped by TERM is recorded KILLED
+    in_multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         spec, problem, store = prepare(cfg)
     except ConfigError as error:
+        if in_multirun:
+            raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     try:
         run_id, result = train_and_record(spec, problem, store)
     except records.TrackingError as error:  # its run is ended FAILED where it was created
+        if in_multirun:
+            raise
         print(f"error: recording the run in MLflow failed: {error}", file=sys.stderr)
         sys.exit(1)
     finally:
@@ -138,6 +155,7 @@ def run(cfg: DictConfig) -> None:
         f"run {run_id} ({run_name(spec)}) {outcome} in {result.seconds:.2f} s: "
         f"{', '.join(summary)}; stored in {store.uri}, experiment {spec.tracking.experiment!r}"
     )
+    return objective(spec, problem, result)
 
 
 main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")(run)

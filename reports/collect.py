@@ -1,7 +1,8 @@
 """Collect a study's runs into one tidy pandas frame: one row per run and logged step.
 
 Columns: the run (``run_id``, ``run_name``, ``status``, ``diverged``, ``fingerprint``,
-``wall_seconds``, ``diverged_step``), its config as typed columns (``optimizer.lr`` a float,
+``stage`` (a tuning search's ``tune`` or ``rerun``, else NaN), ``wall_seconds``,
+``diverged_step``), its config as typed columns (``optimizer.lr`` a float,
 ``seed`` an integer, ``optimizer.name`` a string, ...), ``problem`` (``dataset/model``, a
 ``model=module`` model named by its class: ``digits/SmallCnn``; see ``model_names``), the
 position (``step``, ``epoch`` where the data has epochs, ``seconds`` since the run started) and
@@ -60,7 +61,7 @@ def run_table(tables: records.ExperimentTables) -> pd.DataFrame:
     """One row per grid point: run columns, typed config, ``problem``, run summaries."""
     tags = tables.tags.pivot(index="run_id", columns="key", values="value")
     runs = tables.runs.set_index("run_id").join(
-        tags.reindex(columns=[Tag.FINGERPRINT, Tag.DIVERGED, Tag.ROLE])
+        tags.reindex(columns=[Tag.FINGERPRINT, Tag.DIVERGED, Tag.ROLE, Tag.STAGE])
     )
     grid_points = runs[Tag.ROLE].isna() & runs[Tag.FINGERPRINT].notna()  # is_grid_point
     runs = runs[grid_points].drop(columns=Tag.ROLE)

@@ -15,6 +15,8 @@ at step 0); ``save`` writes it as PNG and SVG.
   ranges, with the runs' trajectories (phi0, phi1) on it.
 - ``schedules``: the learning rate against step, one line per schedule.
 - ``performance_profiles``: Dolan-More profiles over problems, for studies with two or more.
+- ``expected_best``: a tuning study's expected best validation loss (and accuracy) after k
+  trials, per optimizer, one figure per problem (see ``reports.tuning``).
 """
 
 from __future__ import annotations
@@ -278,4 +280,30 @@ def performance_profiles(frame: pd.DataFrame, taus: np.ndarray | None = None):
         title=f"performance profiles over {len(ratios)} problems",
     )
     axis.legend(fontsize="x-small")
+    return figure
+
+
+def expected_best(losses: pd.DataFrame, accuracies: pd.DataFrame, problem: str):
+    """The expected best final loss after k = 1..N trials for each optimizer on ``problem``,
+    with the band E_k -+ sd_k (``reports.tuning.curves``), log y where positive; beside it
+    the same for the accuracy where the problem classifies. None without trials."""
+    panels = [part for part in (losses, accuracies) if len(part)]
+    panels = [part[part["problem"] == problem] for part in panels]
+    panels = [part for part in panels if len(part)]
+    if not panels:
+        return None
+    figure, axes = _facets(len(panels), columns=2)
+    for axis, part in zip(axes, panels, strict=True):
+        for optimizer, curve in part.groupby("optimizer", sort=True):
+            _band_line(axis, curve["k"], curve, optimizer, marker="o", markersize=2)
+        metric = part["metric"].iloc[0]
+        if not metric.endswith("accuracy"):
+            _log_if_positive(axis, part["center"])
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.set(
+            title=problem,
+            xlabel="trials (k)",
+            ylabel=f"expected best final {metric} (+- sd)",
+        )
+        axis.legend(fontsize="x-small")
     return figure

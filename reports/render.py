@@ -22,9 +22,18 @@ class Figure:
     caption: str
 
 
-def page(study, question, summary, table: pd.DataFrame, claims, figures, folder: Path):
+def page(
+    study,
+    question,
+    summary,
+    table: pd.DataFrame,
+    claims,
+    figures,
+    folder: Path,
+    tuning: pd.DataFrame | None = None,
+):
     """The HTML text: ``claims`` are Claim records, ``figures`` Figure records whose PNGs lie
-    in ``folder``."""
+    in ``folder``; ``tuning``: a tuning study's table (``reports.tuning.table``), if any."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -36,13 +45,19 @@ def page(study, question, summary, table: pd.DataFrame, claims, figures, folder:
         }
         for figure in figures
     ]
-    rows = [[tables.cell(value) for value in row] for row in table.itertuples(index=False)]
+
+    def cells(frame: pd.DataFrame) -> list[list[str]]:
+        return [[tables.cell(value) for value in row] for row in frame.itertuples(index=False)]
+
+    tuned = tuning if tuning is not None and len(tuning) else None
     return environment.get_template("report.html.j2").render(
         study=study,
         question=question,
         summary=summary,
         columns=list(table.columns),
-        rows=rows,
+        rows=cells(table),
+        tuning_columns=list(tuned.columns) if tuned is not None else [],
+        tuning_rows=cells(tuned) if tuned is not None else [],
         claims=claims,
         figures=embedded,
     )

@@ -11,7 +11,9 @@ learning-rate sensitivity where a variant was run at several rates, of the final
 where a problem classifies, of the final accuracy; weight decay against learning rate where
 the weight decay varies; the loss landscape of each two-parameter
 problem; schedules where there are several; performance profiles where there are two problems
-or more.
+or more. A tuning study (``harness.search``) adds, per problem, the expected best loss and
+accuracy after k trials of each optimizer and a tuning table (``reports.tuning``); its other
+figures and its comparison table show the reruns of each optimizer's best setting.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 from harness import records, studies
 from harness.config import ConfigError
 from harness.paths import folder_name, project_root
-from reports import aggregate, claims, figures, render, tables
+from reports import aggregate, claims, figures, render, tables, tuning
 from reports.collect import collect
 
 OUTPUT = project_root() / "outputs" / "reports"
@@ -154,6 +156,23 @@ def plan_figures(frame: pd.DataFrame, center: str = "median"):
     return plans
 
 
+def plan_tuning(frame: pd.DataFrame):
+    """(name, title, caption, draw) of a tuning study's figure for each problem."""
+    losses, accuracies = tuning.curves(frame), tuning.curves(frame, accuracy=True)
+    return [
+        (
+            "tuning_" + problem.replace("/", "_"),
+            f"Expected best after k trials: {problem}",
+            "The expected best final validation loss (training loss without a validation "
+            "split) and accuracy of k trials drawn from each optimizer's recorded trials, "
+            "exactly (order statistics), with +- one standard deviation; a trial that "
+            "diverged or failed counts as no better than not training.",
+            lambda problem=problem: figures.expected_best(losses, accuracies, problem),
+        )
+        for problem in sorted(losses["problem"].unique())
+    ]
+
+
 def build(uri: str | None, study: str, out: Path, center: str = "median") -> Path:
     """Write the report of ``study`` into ``out``; returns index.html. Raises ConfigError for
     an unknown study or one without finished runs."""
@@ -162,14 +181,21 @@ def build(uri: str | None, study: str, out: Path, center: str = "median") -> Pat
     finished = frame[frame["status"].eq(records.Status.FINISHED)]
     if finished.empty:
         raise ConfigError("study", study, "has no finished runs yet: run `make sweep` first")
+    compared = tuning.not_trials(finished)  # a tuning study compares its reruns
+    plans = plan_figures(compared, center) if len(compared) else []
+    if tuning.has_search(frame):
+        plans += plan_tuning(frame)
     drawn = []
-    for name, title, caption, draw in plan_figures(finished, center):
+    for name, title, caption, draw in plans:
         figure = draw()
         if figure is not None:  # None: nothing to draw (every run diverged at step 0)
             figures.save(figure, out, name)
             drawn.append(render.Figure(name, title, caption))
-    table = tables.comparison(finished)
+    table = tables.comparison(compared) if len(compared) else pd.DataFrame()
     tables.write(table, out)
+    tuned = tuning.table(frame) if tuning.has_search(frame) else None
+    if tuned is not None:
+        tables.write(tuned, out, "tuning")
     runs = frame.drop_duplicates("run_id")
     counts = runs["status"].value_counts().to_dict()
     summary = (
@@ -178,8 +204,8 @@ def build(uri: str | None, study: str, out: Path, center: str = "median") -> Pat
     )
     question = studies.available().get(study, "")
     index = out / "index.html"
-    measured = claims.measure(finished)
-    index.write_text(render.page(study, question, summary, table, measured, drawn, out))
+    measured = claims.measure(compared, frame)
+    index.write_text(render.page(study, question, summary, table, measured, drawn, out, tuned))
     records.log_report(uri, study, out)
     return index
 

@@ -21,9 +21,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness import config, studies
+from harness import config, search, studies
 from harness.compose import Composer, grid_jobs
 from harness.config import ConfigError
+from harness.sweep import tuning
 from harness.sweep.points import compose_points
 from harness.sweep.summary import Timing
 
@@ -92,11 +93,27 @@ def assert_composes_as_hydra(composer: Composer, loader, overrides: Sequence[str
     return job, expected_task
 
 
+def study_jobs(master: DictConfig, loader) -> list[list[str]]:
+    """The jobs a study launches: its grid; a search's trials and a rerun of each optimizer's
+    first trial (``harness.sweep.tuning``); for Optuna's sweeper, one job with each searched
+    key at the middle of its range (``harness.search.dimension``)."""
+    search_values = master.hydra.sweeper.get("search")
+    if search_values is not None:
+        _, arms = tuning.prepare(OmegaConf.to_container(search_values), master, loader)
+        return [job for arm in arms for job in [*arm.trials, *search.reruns(arm.trials[0], 0, 1)]]
+    if "n_trials" in master.hydra.sweeper:  # Optuna's
+        params = OmegaConf.to_container(master.hydra.sweeper.params)
+        return [[f"{k}={search.dimension(k, k, v).value(0.5)}" for k, v in params.items()]]
+    return grid_jobs(master, loader)
+
+
 def assert_study_composes_as_hydra(study: str, sample: int | None) -> None:
     """Every job of the study (or ``sample`` of them, evenly spaced) composes as in Hydra."""
     with hydra_loader() as loader:
-        master = master_config(loader, f"+experiment={study}")
-        batch = grid_jobs(master, loader)
+        chosen = studies.sweeper(study)
+        sweeper = [f"hydra/sweeper={chosen}"] if chosen else []
+        master = master_config(loader, f"+experiment={study}", *sweeper)
+        batch = study_jobs(master, loader)
         composer = Composer(loader, master)
         step = 1 if sample is None else max(1, len(batch) // sample)
         for index in range(0, len(batch), step):

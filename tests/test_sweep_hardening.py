@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, runs_in
 from test_sweep import (
     assert_complete,
@@ -53,6 +54,7 @@ def writer_pids(worker: int) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
+@pytest.mark.slow  # about 30 s; Ctrl-C and a killed worker are in the default suite
 def test_a_killed_tracking_writer_fails_its_cohort_and_the_sweep_finishes(tmp_path, store_uri):
     """The OOM killer takes a worker's tracking writer midway: that cohort's runs end FAILED
     with the reason, the worker writes the next cohorts through a new writer, and the sweep
@@ -75,6 +77,7 @@ def test_a_killed_tracking_writer_fails_its_cohort_and_the_sweep_finishes(tmp_pa
     assert parent.info.status == "FAILED"
 
 
+@pytest.mark.slow  # about 30 s; Ctrl-C and a killed worker are in the default suite
 def test_sigterm_to_the_process_group_records_killed_runs_and_exits_130(tmp_path, store_uri):
     """``timeout`` sends SIGTERM to the whole process group: the cut runs are KILLED in the
     store and in the summary, none FAILED, and the sweep exits 130."""

@@ -140,8 +140,11 @@ def test_every_study_states_its_question():
         "smoke",
         "cnn",
         "weight_decay",
+        "tuning",
+        "optuna",
     }
     assert set(found) == expected | {"gabor_sgd_grid"}
+    assert studies.sweeper("optuna") == "optuna" and studies.sweeper("tuning") is None
     assert all(len(question) > 40 for question in found.values())
     with pytest.raises(config.ConfigError, match="study='nope'"):
         studies.check("nope")
@@ -293,7 +296,7 @@ def points_of(*overrides_per_point: tuple[str, ...]) -> list[SimpleNamespace]:
     """Points as the grid validates them: each with its spec and why it trains alone."""
     checker = grid.Checker()
     specs = [compose_spec(*o) for o in overrides_per_point]
-    return [SimpleNamespace(spec=spec, alone=checker.check(spec)) for spec in specs]
+    return [SimpleNamespace(spec=spec, alone=checker.check(spec)[0]) for spec in specs]
 
 
 def test_points_that_share_structure_form_cohorts():

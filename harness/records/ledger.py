@@ -39,9 +39,10 @@ class Ledger:
             print(note, file=sys.stderr)
 
     def grid_runs(self) -> list[RunRecord]:
-        """Every run of the experiment that records a grid point (parent runs left out)."""
+        """Every run of the experiment that records a grid point (parent runs left out), with
+        the last value of each of its metrics."""
         return [
-            RunRecord.of(run.info.run_id, run.info.status, run.data.tags)
+            RunRecord.of(run.info.run_id, run.info.status, run.data.tags, run.data.metrics)
             for run in experiments.all_runs(self.client, self.experiment_id)
             if is_grid_point(run.data.tags)
         ]
@@ -49,7 +50,7 @@ class Ledger:
     def record(self, run_id: str) -> RunRecord:
         """The grid point run ``run_id`` as it is now."""
         run = self.client.get_run(run_id)
-        return RunRecord.of(run_id, run.info.status, run.data.tags)
+        return RunRecord.of(run_id, run.info.status, run.data.tags, run.data.metrics)
 
     def open_sweep(self, sweep_id: str, name: str, params: dict[str, str], tags: dict) -> str:
         """The parent run of sweep ``sweep_id``: the one an earlier attempt left, set RUNNING

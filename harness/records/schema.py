@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config import RunConfig, as_dict, flatten
+from harness.config import ConfigError, RunConfig, as_dict, flatten
 
 
 class Tag:
@@ -37,6 +37,7 @@ class Tag:
     DEVICE = "device"
     DEVICE_NAME = "device_name"
     COHORT_SIZE = "cohort_size"  # runs trained in the same batch
+    STAGE = "stage"  # a tuning search's runs: tune | rerun (set through tracking.tags)
     # MLflow's own tags, which its UI shows
     PARENT = "mlflow.parentRunId"  # nests a sweep's runs under its parent run
     RUN_NAME = "mlflow.runName"
@@ -91,6 +92,26 @@ DATASET_CONTEXT = "mlflow.data.context"
 PARAM_TAG_LIMIT = 100
 
 
+class Stage:
+    """Values of ``Tag.STAGE``: a trial of a tuning search, or a rerun of its best setting."""
+
+    TUNE = "tune"
+    RERUN = "rerun"
+
+
+HARNESS_TAGS = frozenset(
+    value for name, value in vars(Tag).items() if name.isupper() and value != Tag.STAGE
+)
+
+
+def check_tags(tags: Mapping[str, str]) -> None:
+    """Refuse a user's tag (``tracking.tags``) that MLflow or the harness sets itself."""
+    for key in tags:
+        if key in HARNESS_TAGS or key.startswith("mlflow."):
+            allowed = "a tag name the harness and MLflow do not use themselves"
+            raise ConfigError(f"tracking.tags.{key}", tags[key], allowed)
+
+
 def is_grid_point(tags: Mapping[str, str]) -> bool:
     """Whether a run with ``tags`` records a grid point (not a parent or report run)."""
     return Tag.FINGERPRINT in tags and Tag.ROLE not in tags
@@ -102,8 +123,11 @@ def param_value(value: Any) -> str:
 
 
 def run_params(spec: RunConfig, extra: dict[str, Any] | None = None) -> dict[str, str]:
-    """The flattened resolved config, plus ``extra`` (e.g. the data split's sizes)."""
-    flat = flatten(as_dict(spec))
+    """The flattened resolved config (``tracking.tags`` left out: they are the run's tags),
+    plus ``extra`` (e.g. the data split's sizes)."""
+    tree = as_dict(spec)
+    tree["tracking"].pop("tags")
+    flat = flatten(tree)
     flat.update(extra or {})
     return {key: param_value(value) for key, value in flat.items()}
 
@@ -167,9 +191,16 @@ class RunRecord:
     sweep: str = ""  # its Tag.SWEEP_ID
     parent: str = ""  # its Tag.PARENT: the run id of the sweep that made it
     error: str = ""  # its Tag.ERROR
+    finals: Mapping[str, float] = field(default_factory=dict, compare=False)  # last values
 
     @classmethod
-    def of(cls, run_id: str, status: str, tags: Mapping[str, str]) -> RunRecord:
+    def of(
+        cls,
+        run_id: str,
+        status: str,
+        tags: Mapping[str, str],
+        finals: Mapping[str, float] | None = None,
+    ) -> RunRecord:
         return cls(
             run_id,
             tags.get(Tag.FINGERPRINT, ""),
@@ -179,6 +210,7 @@ class RunRecord:
             tags.get(Tag.SWEEP_ID, ""),
             tags.get(Tag.PARENT, ""),
             tags.get(Tag.ERROR, ""),
+            dict(finals or {}),
         )
 
 

@@ -20,7 +20,8 @@ from harness.sweep.launch import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m harness.sweep [study] [overrides]``: run a study (default ``lecture``) as a
     Hydra multirun through the harness launcher; ``--list`` prints the studies.
-    ``force=true`` reruns points already recorded; ``hydra.launcher.n_jobs=N`` sets workers."""
+    ``force=true`` reruns points already recorded; ``hydra.launcher.n_jobs=N`` sets workers.
+    A study that chooses another sweeper (``studies.sweeper``) runs with it."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--list"]:
         for name, question in studies.available().items():
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     args = [f"hydra.launcher.{a}" if a.startswith("force=") else a for a in args]
+    chosen = studies.sweeper(study)
+    if chosen and not any(a.startswith("hydra/sweeper=") for a in args):
+        args.insert(0, f"hydra/sweeper={chosen}")
     parser = get_args_parser()
     parsed = parser.parse_args(["--multirun", f"+experiment={study}", *args])
     try:

@@ -19,8 +19,14 @@ isolated, and summed up.
 4. train the cohorts on the workers: each point is still its own MLflow run, with the params,
    metrics and tags it has when trained alone. A cohort that raises has its points recorded
    FAILED; a run that diverges is a result like any other; neither stops the sweep;
-5. mark runs of workers that died, close the parent run and print the summary. The exit status
-   is 1 when a run FAILED, 130 when interrupted (Ctrl-C, SIGTERM), else the sweep returns.
+5. mark runs of workers that died, close the parent run and print the summary; return a
+   JobReturn per point: COMPLETED with the run's objective (``harness.objectives``: what a
+   tuning sweeper reads), FAILED with the error of a run that failed. Interrupted (Ctrl-C,
+   SIGTERM), it exits with status 130; the harness's sweeper exits with 1 when a run FAILED
+   (Optuna's counts it a failed trial and goes on).
+
+A sweeper that launches several batches (the harness's search, Optuna's) passes the same
+``Session`` to each: all its batches record under one parent run.
 
 Each job still gets its output folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) with its
 config and overrides; Hydra's job callbacks and per-job logging are not run.
@@ -28,17 +34,18 @@ config and overrides; Hydra's job callbacks and per-job logging are not run.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from harness import compose, devices, executors, owners, pool, records, stopping
+from harness import compose, devices, executors, objectives, owners, pool, records, stopping
 from harness.config import ConfigError
 from harness.progress import Progress
 from harness.records import SECONDS_PREFIX, Status, Tag
@@ -192,11 +199,55 @@ def prepare(
         raise ConfigError("grid", f"{len(job_overrides)} points", allowed)
     composer = compose.Composer(hydra_context.config_loader, root)
     points = compose_points(job_overrides, initial_job_idx, composer, timing)
+    for tags in {json.dumps(p.spec.tracking.tags, sort_keys=True) for p in points}:
+        records.check_tags(json.loads(tags))
     target = points[0].spec.tracking
     uri = records.resolve_uri(target.uri)
     records.check_uri(uri)
     executors.check_store(settings.executor, settings.slurm, settings.ray, uri)
     return points, records.Ledger(uri, target.experiment)
+
+
+@dataclass
+class Session:
+    """What the launches of one multirun share (a sweeper such as the harness's search or
+    Optuna's launches several batches): one parent run, opened by the first launch under its
+    sweep identity and reopened by each later one, and the points and outcomes of every batch
+    so far, which each launch records on the parent run as it closes it."""
+
+    identity: str = ""
+    points: list[Point] = field(default_factory=list)
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    timing: Timing = field(default_factory=Timing)
+    started: float = field(default_factory=time.monotonic)
+
+
+def objectives_of(
+    points: Sequence[Point],
+    outcomes: dict[int, Outcome],
+    recorded: Sequence[records.RunRecord],
+    ledger: records.Ledger,
+) -> None:
+    """Give each finished or diverged point that was not trained here (recorded earlier, or
+    by another sweep) its objective from its run's record."""
+    by_id = {record.run_id: record for record in recorded}
+    for position, outcome in outcomes.items():
+        if outcome.objective is None and outcome.status in ("finished", "diverged"):
+            record = by_id.get(outcome.run_id) or ledger.record(outcome.run_id)
+            metric = points[position].objective
+            value = objectives.value(metric, record.finals, record.diverged)
+            outcomes[position] = replace(outcome, objective=value)
+
+
+def job_return(point: Point, outcome: Outcome) -> JobReturn:
+    """The point's job as Hydra's sweepers read it: COMPLETED with the run's objective (None
+    for a point another sweep holds), or FAILED with its error."""
+    if outcome.status in ("failed", "killed"):
+        error = RuntimeError(f"grid point #{point.index} {point.name}: {outcome.error}")
+        return JobReturn(list(point.overrides), status=JobStatus.FAILED, _return_value=error)
+    return JobReturn(
+        list(point.overrides), status=JobStatus.COMPLETED, _return_value=outcome.objective
+    )
 
 
 def launch(
@@ -205,11 +256,18 @@ def launch(
     root: DictConfig,
     hydra_context,
     settings: LauncherSettings,
+    session: Session | None = None,
 ) -> list[JobReturn]:
-    """Run the grid; see the module's docstring. Exits through SystemExit unless all went well."""
+    """Run the grid (or one batch of a multirun's ``session``); see the module's docstring.
+    Returns a JobReturn per point (``job_return``); exits through SystemExit on bad input
+    (2) or when interrupted (130)."""
+    session = session if session is not None else Session()
     started = time.monotonic()
-    timing = Timing(startup=owners.process_age())
+    timing = session.timing
+    if not session.points:
+        timing.startup = owners.process_age()
     pool.start_server(["harness.train"])  # gets ready while the grid is composed
+    composing = timing.compose + timing.validate
     try:
         points, ledger = prepare(
             job_overrides, initial_job_idx, root, hydra_context, settings, timing
@@ -224,7 +282,7 @@ def launch(
             why = "left RUNNING by a process that died; redone"
             ledger.mark(record.run_id, Status.KILLED, why)
         study = root.hydra.runtime.choices.get("experiment") or points[0].spec.tracking.experiment
-        identity = sweep_id(points, settings.force)
+        identity = session.identity or sweep_id(points, settings.force)
         slots = plan_slots(points, devices.gpu_ids(), settings.n_jobs)
         at_once = executors.parallel_cohorts(kind, slots.count)
         cohorts = make_cohorts(points, plan_.todo, settings.max_cohort, at_once)
@@ -232,7 +290,9 @@ def launch(
         executor = cohorts and executors.build(kind, slots, slurm, ray, folder)
         name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, settings)
         parent = ledger.open_sweep(identity, name, params, {Tag.STUDY: study})
-        timing.prepare = time.monotonic() - started - timing.compose - timing.validate
+        session.identity = identity
+        spent = time.monotonic() - started - (timing.compose + timing.validate - composing)
+        timing.prepare += spent
     except ConfigError as error:
         notes = "".join(f" ({note})" for note in getattr(error, "__notes__", []))
         print(f"error: {error}{notes}", file=sys.stderr)
@@ -268,24 +328,34 @@ def launch(
     outcomes.update(plan_.skipped)
 
     settle(points, outcomes, ledger, {r.run_id for r in recorded}, parent, interrupted)
+    objectives_of(points, outcomes, recorded, ledger)
+    offset = len(session.points)
+    session.points += points
+    session.outcomes.update({offset + i: o for i, o in outcomes.items()})
+    close(session, ledger, parent, study, interrupted)
+    if interrupted:
+        raise SystemExit(EXIT_INTERRUPTED)
+    return [job_return(p, outcomes[i]) for i, p in enumerate(points)]
+
+
+def close(
+    session: Session, ledger: records.Ledger, parent: str, study: str, interrupted: bool
+) -> None:
+    """End the parent run with what every batch so far holds: its status (KILLED when
+    interrupted, FAILED when a run failed), the points per outcome, the times and the summary
+    table, which is printed too."""
+    points, outcomes, timing = session.points, session.outcomes, session.timing
     failed = any(o.status == "failed" for o in outcomes.values())
     status = Status.KILLED if interrupted else Status.FAILED if failed else Status.FINISHED
+    elapsed = time.monotonic() - session.started
     title = (
-        f"Sweep {identity} of study {study!r} ({status.lower()}): {len(points)} points in "
-        f"{time.monotonic() - started:.1f} s"
+        f"Sweep {session.identity} of study {study!r} ({status.lower()}): {len(points)} "
+        f"points in {elapsed:.1f} s"
     )
-    timing.total = time.monotonic() - started + timing.startup
+    timing.total = elapsed + timing.startup
     table = summary(title, points, outcomes) + "\n\n" + timing.line()
     tallies = counts(list(outcomes.values()), len(points))
     ledger.close_sweep(
         parent, status, tallies, {f"{SECONDS_PREFIX}{k}": v for k, v in vars(timing).items()}, table
     )
     print(table, flush=True)
-    if interrupted:
-        raise SystemExit(EXIT_INTERRUPTED)
-    if failed:
-        raise SystemExit(EXIT_FAILED)
-    return [
-        JobReturn(overrides=list(p.overrides), status=JobStatus.COMPLETED, _return_value=o)
-        for p, o in zip(points, (outcomes[i] for i in range(len(points))), strict=True)
-    ]

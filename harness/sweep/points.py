@@ -23,7 +23,8 @@ class Point:
     """One grid point: its Hydra job number and overrides, its composed config (without the
     ``hydra`` node, unresolved, as YAML), its job's output folder and its validated spec;
     ``alone``: why it trains one run at a time, never in a cohort (a module with buffers or
-    random layers); "" when it trains in cohorts."""
+    random layers); "" when it trains in cohorts. ``objective``: the metric its ``objective``
+    key names (see ``harness.objectives``)."""
 
     index: int
     overrides: tuple[str, ...]
@@ -33,6 +34,7 @@ class Point:
     fingerprint: str
     name: str
     alone: str = ""
+    objective: str = "train_loss"
 
 
 def varying_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
@@ -68,18 +70,20 @@ class Checker:
         parts = {k: tree[k] for k in ("dataset", "model", "loss")}
         return json.dumps(parts, sort_keys=True, default=str)
 
-    def check(self, spec: RunConfig) -> str:
-        """Validate ``spec``; why its runs train alone, if they do (see :class:`Point`)."""
+    def check(self, spec: RunConfig) -> tuple[str, str]:
+        """Validate ``spec``; why its runs train alone, if they do, and its objective's
+        metric (see :class:`Point`)."""
         key = self.problem_key(spec)
         if key not in self.problems:
             self.problems[key] = problem_module.build(spec)
         else:  # data, model and loss fit; the batch size and schedule may not
             problem_module.check_training(spec, self.problems[key].data)
+        metric = self.problems[key].objective(spec.objective)
         device = (spec.trainer.device, spec.trainer.dtype)
         if device not in self.devices:
             devices.resolve(*device)
             self.devices.add(device)
-        return self.problems[key].model.alone_because
+        return self.problems[key].model.alone_because, metric
 
 
 def compose_points(
@@ -99,7 +103,7 @@ def compose_points(
         timing.compose += checked - started
         try:
             spec = config.to_spec(job.task)
-            alone = checker.check(spec)
+            alone, metric = checker.check(spec)
         except ConfigError as error:
             error.add_note(f"in grid point #{job.index}: {' '.join(job.overrides)}")
             raise
@@ -115,6 +119,7 @@ def compose_points(
                 config.fingerprint(spec),
                 name,
                 alone,
+                metric,
             )
         )
         timing.validate += time.perf_counter() - checked

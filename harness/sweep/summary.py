@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 class Outcome:
     """What became of a point: finished | diverged | failed | killed | skipped (a duplicate,
     or a point another sweep holds). ``trained``: by this sweep (False for a point recorded
-    earlier or by another sweep, which counts by its record)."""
+    earlier or by another sweep, which counts by its record). ``objective``: the run's
+    objective (``harness.objectives``), None where it has none (failed, killed, held)."""
 
     status: str
     run_id: str | None = None
     error: str = ""
     seconds: float = 0.0
     trained: bool = True
+    objective: float | None = None
 
 
 @dataclass

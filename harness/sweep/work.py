@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import config, devices, engine, records, train
+from harness import config, devices, engine, objectives, records, train
 from harness import problem as problem_module
 from harness.problem import Problem
 from harness.sweep.points import Checker, Point
@@ -107,18 +107,21 @@ class CohortWork:
             failed = Outcome("failed", None, f"{type(error).__name__}: {error}", seconds)
             return [failed] * len(points), seconds
         seconds = next((result.seconds for _, result in recorded if result is not None), 0.0)
-        return [outcome(r, result) for r, result in recorded], seconds
+        pairs = zip(recorded, points, strict=True)
+        return [outcome(r, result, point.objective) for (r, result), point in pairs], seconds
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
 
-def outcome(recorded: records.Recorded, result: engine.RunResult | None) -> Outcome:
+def outcome(recorded: records.Recorded, result: engine.RunResult | None, metric: str) -> Outcome:
+    """A trained point's outcome; its objective is the final value of ``metric``."""
     if recorded.held:
         why = "another sweep ran it at the same time"
         return Outcome("skipped", recorded.run_id, why, trained=False)
     if recorded.error is not None:
         return Outcome("failed", recorded.run_id, recorded.error, result.seconds)
     status = "diverged" if result.diverged else "finished"
-    return Outcome(status, recorded.run_id, seconds=result.seconds)
+    value = objectives.of_run(metric, result)
+    return Outcome(status, recorded.run_id, seconds=result.seconds, objective=value)

@@ -1,11 +1,13 @@
 """``hydra/launcher=harness``: runs a multirun grid as one sweep of ``harness.sweep``: composed
 once per combination of config groups and validated up front, resumed by fingerprint, trained
 in batched cohorts on worker processes (one per GPU where points train on CUDA), with failures
-isolated and a summary at the end. Its settings are ``harness.sweep.settings.LauncherSettings``
-(``n_jobs``, ``force``, ``max_cohort``, ``memory_fraction``, ``executor`` and the ``slurm`` and
-``ray`` executors' settings); ``hydra/launcher=slurm`` and ``hydra/launcher=ray`` are presets.
-It runs only the harness's own multirun: ``harness.train``'s task on the harness's ``conf/``;
-under another app it stops with one line naming what is not the harness's, and exit status 2.
+isolated and a summary at the end. Each job returns its run's objective, and the batches of a
+sweeper that launches several (the harness's search, Optuna's) share one parent run. Its
+settings are ``harness.sweep.settings.LauncherSettings`` (``n_jobs``, ``force``,
+``max_cohort``, ``memory_fraction``, ``executor`` and the ``slurm`` and ``ray`` executors'
+settings); ``hydra/launcher=slurm`` and ``hydra/launcher=ray`` are presets. It runs only the
+harness's own multirun: ``harness.train``'s task on the harness's ``conf/``; under another app
+it stops with one line naming what is not the harness's, and exit status 2.
 
 (No ``from __future__ import annotations`` here: Hydra's plugin scan runs this module outside
 ``sys.modules``, where dataclasses cannot resolve string annotations.)"""
@@ -45,6 +47,7 @@ class HarnessLauncher(Launcher):
             for key, value in settings.items()
         }
         self.settings = parse(values)
+        self.session = None  # launch.Session: what the multirun's batches share
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -66,8 +69,15 @@ class HarnessLauncher(Launcher):
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(launch.EXIT_BAD_INPUT) from None
+        if self.session is None:
+            self.session = launch.Session()
         return launch.launch(
-            job_overrides, initial_job_idx, self.config, self.hydra_context, self.settings
+            job_overrides,
+            initial_job_idx,
+            self.config,
+            self.hydra_context,
+            self.settings,
+            self.session,
         )
 
 
