@@ -91,18 +91,23 @@ def test_a_search_tunes_each_optimizer_then_reruns_its_best_setting(tmp_path, st
 
 
 @pytest.mark.parametrize(
-    "args, key",
-    [
-        (("hydra.sweeper.search.spaces.sgd={optimizer.lr:'interval(1, 0.1)'}",), "spaces.sgd"),
-        (("objective=test_loss",), "objective='test_loss'"),
+    "args, key, folder",
+    [  # a search is checked before the sweep folder is written, an objective as jobs compose
+        (
+            ("hydra.sweeper.search.spaces.sgd={optimizer.lr:'interval(1, 0.1)'}",),
+            "spaces.sgd",
+            False,
+        ),
+        (("objective=test_loss",), "objective='test_loss'", True),
     ],
 )
-def test_a_bad_search_is_refused_before_any_run(tmp_path, store_uri, args, key):
+def test_a_bad_search_is_refused_before_any_run(tmp_path, store_uri, args, key, folder):
     done = sweep(tmp_path, store_uri, "tuning", *SMALL_SEARCH, *args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: ") and key in done.stderr
     assert "Traceback" not in done.stderr
     assert runs_in(store_uri, "tuning") == []
+    assert (tmp_path / "multirun" / "multirun.yaml").exists() == folder
 
 
 OPTUNA = ("hydra.sweeper.n_trials=12", "hydra.sweeper.n_jobs=2")
