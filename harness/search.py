@@ -11,12 +11,13 @@ sweeper reads):
 - ``choice(x, y, z)`` or ``x,y,z``: one of the values, each as likely;
 - anything else: a fixed value set on every trial (``optimizer.target: examples.lion``).
 
-Trial ``i`` of ``budget`` takes point ``u_i`` of ``[0, 1)^d`` (d: the space's drawn keys, in
-their order) from the ``sampler``: ``random`` (NumPy's generator) or ``quasirandom``
-(``scipy.stats.qmc``'s scrambled ``halton`` or ``sobol`` sequence), seeded from ``seed``
-alone. Each coordinate maps to its key: ``a + u (b - a)``, ``exp(log a + u (log b - log a))``
-or the value at ``floor(u m)`` of m choices. Every optimizer's space is drawn from the same
-seed, so keys they share (the learning rate first) take the same values in each.
+Trial ``i`` of ``budget`` takes point ``u_i`` of ``[0, 1)^d`` (d: the drawn keys of all the
+search's spaces, in order of first appearance) from the ``sampler``: ``random`` (NumPy's
+generator) or ``quasirandom`` (``scipy.stats.qmc``'s scrambled ``halton`` or ``sobol``
+sequence), seeded from ``seed`` alone. Each coordinate maps to its key: ``a + u (b - a)``,
+``exp(log a + u (log b - log a))`` or the value at ``floor(u m)`` of m choices. Every
+optimizer's trials take the same points, each key its own column, so a key several
+optimizers search takes the same values in each.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Dimension:
                 drawn = math.exp(_between(math.log(low), math.log(high), u))
             else:
                 drawn = _between(low, high, u)
-            return str(min(int(drawn), int(self.high)))
+            return str(min(max(math.floor(drawn), int(self.low)), int(self.high)))
         if self.log:
             return repr(float(math.exp(_between(math.log(self.low), math.log(self.high), u))))
         return repr(float(_between(self.low, self.high, u)))
@@ -163,17 +164,21 @@ def dimension(where: str, key: str, text: Any) -> Dimension:
     return Dimension(name, fixed=parsed.get_value_element_as_str())
 
 
-def check_keys(optimizer: str, schema: type, dimensions: Sequence[Dimension], where: str) -> None:
-    """Refuse a key ``optimizer.<name>`` the optimizer's schema does not have (a user rule's
-    ``optimizer.hp.*`` is checked by the rule when the trials are composed), and the
-    ``optimizer`` key itself (the space's name chooses it)."""
-    names = [f.name for f in fields(schema) if f.name != "name"]
+def check_keys(
+    optimizer: str, schema: type | None, dimensions: Sequence[Dimension], where: str
+) -> None:
+    """Refuse the ``optimizer`` key itself (the space's name chooses the optimizer) and a key
+    ``optimizer.<name>`` the optimizer's ``schema`` does not have (a preset's, None, and a
+    user rule's ``optimizer.hp.*`` are checked when the trials are composed)."""
     for dim in dimensions:
         group, _, rest = dim.key.lstrip("+~").partition(".")
         if group != "optimizer":
             continue
         if not rest:
             raise ConfigError(f"{where}.{dim.key}", "", "the space's name chooses the optimizer")
+        if schema is None:
+            continue
+        names = [f.name for f in fields(schema) if f.name != "name"]
         head = rest.partition(".")[0]
         if head not in names:
             allowed = f"{optimizer} has no hyperparameter {head}; it has {', '.join(names)}"
@@ -193,17 +198,30 @@ def unit_points(budget: int, dims: int, settings: SearchSettings) -> np.ndarray:
     return sampler.random(budget)
 
 
+def drawn_keys(search: Search) -> list[str]:
+    """Every drawn key of the search's spaces, in order of first appearance: the columns of
+    the points every optimizer's trials take their values from."""
+    keys: dict[str, None] = {}
+    for dims in search.spaces.values():
+        keys.update({d.key.lstrip("+~"): None for d in dims if d.drawn})
+    return list(keys)
+
+
 def trials(search: Search, optimizer: str) -> list[list[str]]:
     """The overrides of the optimizer's ``budget`` trials: ``optimizer=<name>``, then each
-    key of its space at that trial's point, then the stage tag."""
-    dims = search.spaces[optimizer]
-    drawn = [d for d in dims if d.drawn]
-    points = unit_points(search.settings.budget, len(drawn), search.settings)
+    key of its space at that trial's point, then the stage tag. The points have a column
+    per drawn key of the whole search, so a key that several optimizers search takes the
+    same values in each."""
+    columns = drawn_keys(search)
+    points = unit_points(search.settings.budget, len(columns), search.settings)
     overrides = []
     for row in points:
-        values = dict(zip((d.key for d in drawn), row, strict=True))
+        values = dict(zip(columns, row, strict=True))
         trial = [f"optimizer={optimizer}"]
-        trial += [f"{d.key}={d.value(values.get(d.key, 0.0))}" for d in dims]
+        trial += [
+            f"{d.key}={d.value(values.get(d.key.lstrip('+~'), 0.0))}"
+            for d in search.spaces[optimizer]
+        ]
         overrides.append([*trial, f"{STAGE_KEY}=tune"])
     return overrides
 

@@ -103,8 +103,10 @@ def scored_trials(frame: pd.DataFrame, accuracy: bool = False) -> pd.DataFrame:
         initial = part.loc[(part["problem"] == problem) & part["step"].eq(0), metric].median()
         finite = rows.loc[np.isfinite(rows["score"]), "final"]
         pick = min if accuracy else max
-        floor = pick([v for v in (initial, finite.agg(pick.__name__)) if pd.notna(v)], default=0)
-        scored.append(rows.assign(value=rows["score"].where(np.isfinite(rows["score"]), floor)))
+        candidates = [v for v in (initial, finite.agg(pick.__name__)) if pd.notna(v)]
+        floor = pick(candidates, default=np.nan)  # NaN: nothing to value a lost trial by
+        value = rows["score"].where(np.isfinite(rows["score"]), floor)
+        scored.append(rows.assign(value=value).dropna(subset=["value"]))
     return pd.concat(scored, ignore_index=True)
 
 
@@ -135,9 +137,10 @@ def searched_keys(rows: pd.DataFrame) -> list[str]:
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per problem and optimizer: its trials, the best setting the search chose (the
-    searched keys of its reruns), the best trial's selection loss, the reruns' selection
-    loss and accuracy as median [min, max] over their seeds, and the budget to come within 5%
-    of the best loss any optimizer's trial reached (and of its own best)."""
+    searched keys of its reruns; without reruns, of its trial with the lowest loss), the
+    lowest final selection loss of its trials, the reruns' selection loss and accuracy as
+    median [min, max] over their seeds, and the budget to come within 5% of the best loss any
+    optimizer's trial reached (and of its own best)."""
     losses = curves(frame)
     scored = scored_trials(frame)
     reruns = frame[frame[STAGE].eq(Stage.RERUN)] if STAGE in frame.columns else frame.iloc[:0]
@@ -150,15 +153,17 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
         chosen = reruns[(reruns["problem"] == problem) & (reruns["optimizer"] == optimizer)]
         curve = losses[(losses["problem"] == problem) & (losses["optimizer"] == optimizer)]
         best_any = scored.loc[scored["problem"] == problem, "value"].min()
-        setting = chosen.iloc[0] if len(chosen) else None
+        if len(chosen):
+            setting = chosen.iloc[0]
+        else:  # no rerun: the trial with the best value
+            best_id = tried.loc[tried["value"].idxmin(), "run_id"]
+            setting = runs[runs["run_id"] == best_id].iloc[0]
         row = {
             "problem": problem,
             "optimizer": optimizer,
             "trials": len(tried),
-            "best setting": " ".join(f"{k}={tables.cell(setting[k])}" for k in keys)
-            if setting is not None
-            else "-",
-            "best trial": tried["value"].min(),
+            "best setting": " ".join(f"{k}={tables.cell(setting[k])}" for k in keys) or "-",
+            "best trial loss": tried["value"].min(),
             "metric": tried["metric"].iloc[0],
             "reruns": chosen["run_id"].nunique(),
         }

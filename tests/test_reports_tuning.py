@@ -99,7 +99,7 @@ def test_the_tuning_table_gives_the_best_setting_its_reruns_and_the_budgets():
     table = tuning.table(frame).set_index("optimizer")
     assert table.loc["sgd", "best setting"] == "optimizer.lr=0.1"
     assert table.loc["adam", "best setting"] == "optimizer.lr=0.001"
-    assert table.loc["sgd", "best trial"] == 0.5 and table.loc["sgd", "reruns"] == 2
+    assert table.loc["sgd", "best trial loss"] == 0.5 and table.loc["sgd", "reruns"] == 2
     assert table.loc["sgd", "rerun loss"] == "0.5 [0.45, 0.55]"
     assert table.loc["adam", "rerun accuracy"] == "0.9 [0.9, 0.9]"
     # SGD (0.5, 1.0, 1.2, 2.0): within 5% of 0.5 only at k = 4; Adam: at k = 2
@@ -117,3 +117,11 @@ def test_adam_less_sensitive_is_measured_on_the_tuning_budget():
     assert claims.adam_less_sensitive(tuning_frame()).verdict == "not testable here"
     grid_only = tuning_frame().drop(columns="stage")
     assert claims.adam_less_sensitive_to_tune(grid_only).verdict == "not testable here"
+
+
+def test_without_reruns_the_best_setting_is_the_best_trials():
+    frame = tuning_frame()
+    trials_only = frame[frame["stage"].eq("tune")]
+    table = tuning.table(trials_only).set_index("optimizer")
+    assert table.loc["sgd", "best setting"] == "optimizer.lr=0.1"
+    assert table.loc["sgd", "reruns"] == 0 and table.loc["sgd", "rerun loss"] == "-"

@@ -35,6 +35,16 @@ def test_a_dimension_maps_the_unit_interval_linearly_on_a_log_scale_or_onto_choi
     assert float(log.value(0.0)) == pytest.approx(1e-4)
     whole = search.dimension("k", "trainer.batch_size", "int(interval(8, 11))")
     assert [whole.value(u) for u in (0.0, 0.24, 0.26, 0.99)] == ["8", "8", "9", "11"]
+    around_zero = search.dimension("k", "n", "int(interval(-2, 1))")
+    assert [around_zero.value(u) for u in (0.0, 0.2, 0.3, 0.6, 0.99)] == [
+        "-2",
+        "-2",
+        "-1",
+        "0",
+        "1",
+    ]
+    log_whole = search.dimension("k", "n", "tag(log, int(interval(5, 50)))")
+    assert log_whole.value(0.0) == "5" and log_whole.value(0.999) == "50"
     picked = search.dimension("k", "optimizer.lookahead", "choice(book, slide)")
     assert [picked.value(u) for u in (0.1, 0.49, 0.5, 0.99)] == ["book", "book", "slide", "slide"]
     assert search.dimension("k", "schedule", "a,b,c").choices == ("a", "b", "c")
@@ -59,8 +69,15 @@ def test_the_samplers_draw_the_same_points_from_the_same_seed():
     assert ((points < 0.5).sum(axis=0) == 4).all()
 
 
-def test_every_optimizer_gets_the_budget_and_shares_the_learning_rates():
-    found = parsed(budget=5, seed=1)
+@pytest.mark.parametrize(
+    "sampler, sequence", [("quasirandom", "halton"), ("quasirandom", "sobol"), ("random", "halton")]
+)
+def test_every_optimizer_gets_the_budget_and_shares_the_learning_rates(sampler, sequence):
+    spaces = {"momentum": SPACES["momentum"], "sgd": SPACES["sgd"]}  # lr second, then first
+    found = search.parse(
+        {"spaces": spaces, "budget": 5, "seed": 1, "sampler": sampler, "sequence": sequence},
+        tuning.optimizer_schemas(),
+    )
     sgd, momentum = search.trials(found, "sgd"), search.trials(found, "momentum")
     assert len(sgd) == len(momentum) == 5
     assert sgd[0][0] == "optimizer=sgd" and sgd[0][-1] == "++tracking.tags.stage=tune"
@@ -71,6 +88,16 @@ def test_every_optimizer_gets_the_budget_and_shares_the_learning_rates():
     betas = [float(o.partition("=")[2]) for t in momentum for o in t if "beta" in o]
     assert len(set(betas)) == 5 and all(0.5 <= b <= 0.99 for b in betas)
     assert search.trials(found, "sgd") == sgd  # and the same trials every time
+
+
+def test_a_preset_optimizer_takes_a_space_its_keys_checked_when_composed():
+    found = search.parse(
+        {"spaces": {"lion": {"optimizer.lr": "tag(log, interval(1e-5, 1e-2))"}}},
+        tuning.optimizer_schemas(),
+    )
+    assert search.trials(found, "lion")[0][0] == "optimizer=lion"
+    with pytest.raises(ConfigError, match="the space's name chooses the optimizer"):
+        search.parse({"spaces": {"lion": {"optimizer": "adam"}}}, tuning.optimizer_schemas())
 
 
 def test_the_best_trial_is_the_lowest_finite_objective_or_the_highest_accuracy():

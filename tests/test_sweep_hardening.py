@@ -30,6 +30,7 @@ from harness.sweep import launch
 GRID = ["seed=range(6)", "trainer.steps=3000", "hydra.launcher.max_cohort=2"]  # 24 points
 
 
+@pytest.mark.slow  # about 20 s; claims on held points are tested in test_records_hardening
 def test_two_sweeps_of_one_study_at_once_run_each_point_once(tmp_path):
     """Started together on a store neither has created yet: every point has exactly one
     FINISHED run and none FAILED; each sweep has its own parent run, and together they

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -17,6 +18,8 @@ from hydra import compose, initialize_config_dir
 
 from harness import train
 from harness.records import Role, Stage, Tag
+from harness.sweep import launch
+from harness.sweep.summary import Outcome
 from reports import report
 
 SMALL_SEARCH = (  # the tuning study on breast_cancer only, SGD and Adam, 3 trials, 2 reruns
@@ -209,3 +212,15 @@ def test_a_run_returns_its_objective_and_records_its_tags(store_uri, run_cli):
     assert len(fingerprints) == 1  # the same point: neither objective nor tags count
     code, _, err = run_cli("+tracking.tags.fingerprint=mine")
     assert code == 2 and "tracking.tags.fingerprint='mine' is not allowed" in err
+
+
+def test_a_point_repeated_in_a_batch_returns_the_objective_of_the_run_it_repeats():
+    """Optuna may ask for the same trial twice: the repeat is skipped, yet returns a value."""
+    points = [SimpleNamespace(fingerprint="a", objective="val_loss") for _ in range(2)]
+    outcomes = {
+        0: Outcome("finished", "run-a", objective=0.25),
+        1: Outcome("skipped", error="the same run as grid point #0", trained=False),
+    }
+    launch.objectives_of(points, outcomes, [], ledger=None)
+    assert outcomes[1].objective == 0.25 and outcomes[1].status == "skipped"
+    assert launch.job_return(SimpleNamespace(overrides=("x=1",)), outcomes[1]).return_value == 0.25

@@ -168,7 +168,7 @@ def end_cut_short(
 
 def counted(record: records.RunRecord, outcome: Outcome | None, trained: bool) -> Outcome:
     """A point's outcome as its run ``record`` says (the reported ``outcome``, if any, gives
-    the time and a fuller error)."""
+    the time, a fuller error and the objective)."""
     status = {
         Status.FINISHED: "diverged" if record.diverged else "finished",
         Status.FAILED: "failed",
@@ -177,7 +177,8 @@ def counted(record: records.RunRecord, outcome: Outcome | None, trained: bool) -
     reported = outcome if outcome is not None and outcome.status == status else None
     error = reported.error if reported is not None else record.error
     seconds = outcome.seconds if outcome is not None else 0.0
-    return Outcome(status, record.run_id, error, seconds, trained)
+    objective = reported.objective if reported is not None else None
+    return Outcome(status, record.run_id, error, seconds, trained, objective)
 
 
 def prepare(
@@ -229,7 +230,8 @@ def objectives_of(
     ledger: records.Ledger,
 ) -> None:
     """Give each finished or diverged point that was not trained here (recorded earlier, or
-    by another sweep) its objective from its run's record."""
+    by another sweep) its objective from its run's record, and a duplicate of another point
+    of the batch that point's objective."""
     by_id = {record.run_id: record for record in recorded}
     for position, outcome in outcomes.items():
         if outcome.objective is None and outcome.status in ("finished", "diverged"):
@@ -237,6 +239,14 @@ def objectives_of(
             metric = points[position].objective
             value = objectives.value(metric, record.finals, record.diverged)
             outcomes[position] = replace(outcome, objective=value)
+    found = {
+        points[position].fingerprint: outcome.objective
+        for position, outcome in outcomes.items()
+        if outcome.objective is not None
+    }
+    for position, outcome in outcomes.items():
+        if outcome.objective is None and points[position].fingerprint in found:
+            outcomes[position] = replace(outcome, objective=found[points[position].fingerprint])
 
 
 def job_return(point: Point, outcome: Outcome) -> JobReturn:

@@ -104,7 +104,6 @@ def run(sweeper, arguments: Sequence[str]) -> list[JobReturn]:
         raise SystemExit(EXIT_BAD_INPUT) from None
     sweeper.save_config()
     settings = found.settings
-    maximize = objectives.maximized(str(master.get("objective", objectives.AUTO)))
     print(
         f"search: {len(arms) // len(found.spaces)} combination(s) of the grid x "
         f"{len(found.spaces)} optimizer(s), {settings.budget} "
@@ -115,62 +114,72 @@ def run(sweeper, arguments: Sequence[str]) -> list[JobReturn]:
     trial_jobs = [trial for arm in arms for trial in arm.trials]
     first = launch_batch(sweeper.launcher, trial_jobs, 0)
     values = iter(map(value_of, first))
+    folder = Path(str(master.hydra.sweep.dir))
     for arm in arms:
         arm.values = [next(values) for _ in arm.trials]
+        maximize = objectives.maximized(grid_value(arm.grid, "objective", master))
         arm.best = search.best(arm.values, maximize)
         if arm.best is not None:
-            seed = base_seed(arm.grid, master)
+            seed = int(grid_value(arm.grid, "seed", master))
             arm.reruns = search.reruns(arm.trials[arm.best], seed, settings.reruns)
+    write_results(arms, folder)  # the first stage's outcome, kept if the reruns are cut short
     rerun_jobs = [job for arm in arms for job in arm.reruns]
     second = launch_batch(sweeper.launcher, rerun_jobs, len(trial_jobs))
     values = iter(map(value_of, second))
     for arm in arms:
         arm.rerun_values = [next(values) for _ in arm.reruns]
-    report(arms, Path(str(master.hydra.sweep.dir)), maximize)
+    write_results(arms, folder)
+    show(arms)
     return first + second
 
 
-def base_seed(grid: Sequence[str], master: DictConfig) -> int:
-    """The trials' seed: the grid combination's ``seed`` override, else the config's."""
+def grid_value(grid: Sequence[str], key: str, master: DictConfig) -> str:
+    """A top-level key's value in a grid combination (``seed``: the trials' seed,
+    ``objective``): its override there, else the config's."""
     for override in grid:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~") == "seed":
-            return int(value)
-    return int(master.get("seed", 0))
+        name, _, value = override.partition("=")
+        if name.lstrip("+~") == key:
+            return value
+    return str(master.get(key))
 
 
-def report(arms: Sequence[Arm], folder: Path, maximize: bool) -> None:
-    """Print each arm's best setting and write them all to ``search_results.yaml``."""
-    entries = []
-    print("search results (objective: higher is better)" if maximize else "search results:")
+def show(arms: Sequence[Arm]) -> None:
+    """Print each arm's best setting, its objective and its reruns' median."""
+    print("search results:")
     for arm in arms:
         label = f"{arm.label} {arm.optimizer}".strip()
         if arm.best is None:
             print(f"  {label}: no trial finished with a finite objective", flush=True)
-            entries.append({"grid": arm.label, "optimizer": arm.optimizer, "best": None})
             continue
-        chosen = arm.trials[arm.best][len(arm.grid) :]
-        setting = {o.partition("=")[0]: o.partition("=")[2] for o in chosen[1:-1]}
-        reruns = [v for v in arm.rerun_values if v is not None]
-        finite = [v for v in reruns if math.isfinite(v)]
-        median = statistics.median(finite) if finite else None
+        finite = [v for v in arm.rerun_values if v is not None and math.isfinite(v)]
+        reruns = f"; reruns median {statistics.median(finite):.6g} ({len(finite)} seeds)"
         print(
             f"  {label}: trial {arm.best} of {len(arm.trials)}, objective "
-            f"{arm.values[arm.best]:.6g} at {' '.join(chosen[1:-1])}"
-            + (f"; reruns median {median:.6g} ({len(reruns)} seeds)" if median is not None else ""),
+            f"{arm.values[arm.best]:.6g} at {' '.join(setting(arm))}{reruns if finite else ''}",
             flush=True,
         )
-        entries.append(
-            {
-                "grid": arm.label,
-                "optimizer": arm.optimizer,
-                "best": {
-                    "trial": arm.best,
-                    "setting": setting,
-                    "objective": arm.values[arm.best],
-                    "reruns": arm.rerun_values,
-                },
+
+
+def setting(arm: Arm) -> list[str]:
+    """The best trial's overrides of the optimizer's space (``key=value``)."""
+    return arm.trials[arm.best][len(arm.grid) + 1 : -1]
+
+
+def write_results(arms: Sequence[Arm], folder: Path) -> None:
+    """Every arm's best trial, setting, objective and reruns' objectives, as
+    ``search_results.yaml`` in ``folder`` (written whole, then moved into place)."""
+    entries = []
+    for arm in arms:
+        best = None
+        if arm.best is not None:
+            best = {
+                "trial": arm.best,
+                "setting": dict(o.split("=", 1) for o in setting(arm)),
+                "objective": arm.values[arm.best],
+                "reruns": arm.rerun_values,
             }
-        )
+        entries.append({"grid": arm.label, "optimizer": arm.optimizer, "best": best})
     folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create({"arms": entries}), folder / "search_results.yaml")
+    written = folder / "search_results.yaml.tmp"
+    OmegaConf.save(OmegaConf.create({"arms": entries}), written)
+    written.replace(folder / "search_results.yaml")
