@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import devices, registry, schedules, torch_optim
+from harness import devices, registry, schedules, stopping, torch_optim
 from harness import problem as problem_module
 from harness.config import RunConfig, as_dict, hyperparameters
 from harness.problem import Problem
@@ -399,6 +399,7 @@ class _Loop:
         healthy_steps = torch.zeros_like(initial, dtype=torch.long)
         batch_losses, batches_since_log = torch.zeros_like(initial), 0
         for step in range(plan.total_steps):
+            stopping.check()
             x, y = self.batch(step)
             if self.reuse_loss:  # full batch at theta: this loss is also the training loss
                 loss, grad = value_and_grad(problem, theta, x, y)
