@@ -42,13 +42,14 @@ def test_the_smoke_study_records_the_same_runs_batched_and_one_by_one(tmp_path):
 @pytest.mark.parametrize(
     "study, sample, points",
     [
-        (
+        pytest.param(  # about 20 s; the smoke study is compared the two ways by default
             "gabor_valleys",
             [
                 "+book=gabor_gd,gabor_sgd,gabor_momentum,gabor_adam",
                 "model.init=[-9,3],[0,15],[9,21]",
             ],
             12,
+            marks=pytest.mark.slow,
         ),
         pytest.param(
             "lr_sensitivity",

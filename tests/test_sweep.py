@@ -298,6 +298,7 @@ def rest(base: str, path: str, body: bytes | None = None) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow  # about 20 s; test_ui opens a study's runs table through a real server
 def test_make_ui_serves_the_smoke_sweep_over_rest(tmp_path, store_uri):
     import json
 
