@@ -162,4 +162,7 @@ main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="
 
 
 if __name__ == "__main__":
+    from harness.sweep.settings import start_workers_early
+
+    start_workers_early(sys.argv[1:])
     main()

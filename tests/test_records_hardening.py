@@ -19,7 +19,7 @@ from harness import config, owners, records, train
 from harness import problem as problem_module
 from harness.config import ConfigError
 from harness.records import Ledger
-from harness.records.backends import Held, opening, sql
+from harness.records.backends import Held
 
 STEPS = "trainer.steps=5"
 
@@ -228,7 +228,6 @@ def test_a_live_sweeps_parent_run_is_never_shared(store_uri):
     assert first != second  # the first is RUNNING under this live process
     ledger.close_sweep(first, "KILLED", {}, {}, "")
     seen = MlflowClient(tracking_uri=store_uri).get_run(first).data.tags["owner"]
-    store = opening.database_store(ledger.client)
-    assert sql.swap_tag(store, first, "owner", seen, "elsewhere:1:1")
-    assert not sql.swap_tag(store, first, "owner", seen, "another:2:2")  # came second
+    assert ledger.backend.swap_tag(first, "owner", seen, "elsewhere:1:1")
+    assert not ledger.backend.swap_tag(first, "owner", seen, "another:2:2")  # came second
     assert ledger.open_sweep("grid", "third", {}, {}) == first  # its owner is gone: reopened

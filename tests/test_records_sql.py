@@ -4,6 +4,8 @@ client, and the store schemas they accept: the verification that module's header
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -95,13 +97,13 @@ def test_a_dataset_another_writer_inserts_first_is_shared_not_a_failure(store_ur
     the table's key, and its writer reads the first one's row and links its runs to it."""
     record_cohort(store_uri, WINE, [0])  # the first writer's datasets
     reads = []
-    original = sql.DatabaseWrites._dataset_uuids
+    original = sql.Database._dataset_uuids
 
     def stale_first_read(self, connection, experiment_id, wanted):
         reads.append(len(reads))
         return {} if len(reads) == 1 else original(self, connection, experiment_id, wanted)
 
-    monkeypatch.setattr(sql.DatabaseWrites, "_dataset_uuids", stale_first_read)
+    monkeypatch.setattr(sql.Database, "_dataset_uuids", stale_first_read)
     (run,) = record_cohort(store_uri, WINE, [1], background=False)
     assert len(reads) == 2 and run.info.status == "FINISHED" and len(inputs_of(run)) == 3
     with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as connection:
@@ -114,8 +116,10 @@ def test_the_installed_mlflow_writes_a_verified_schema(store_uri):
     assert opening.known_revisions() == known_revisions()
     assert _get_latest_schema_revision() in opening.VERIFIED
     assert opening.VERIFIED[_get_latest_schema_revision()] == mlflow.__version__
-    client = mlflow.MlflowClient(tracking_uri=store_uri)
-    assert opening.bulk_verified(opening.database_store(client))
+    assert opening.head_revision() == _get_latest_schema_revision()
+    assert opening.mlflow_version() == mlflow.__version__
+    assert opening.direct(store_uri)
+    assert isinstance(opening.open_backend(store_uri), sql.Database)
     assert opening.unverified_note() is None
 
 
@@ -126,7 +130,7 @@ def test_an_unverified_schema_is_written_through_mlflows_client_and_said_once(
     with the same records, and a sweep's store says so once."""
     monkeypatch.setattr(opening, "VERIFIED", {"0123456789ab": "0.0.0"})
     store = records.Store(store_uri, "runs", background=False)
-    assert not isinstance(store.writer.calls.recorder.writes, sql.DatabaseWrites)
+    assert not isinstance(store.writer.calls.recorder.backend, sql.Database)
     store.close()
     (run,) = record_cohort(store_uri, WINE, [0])
     assert run.info.status == "FINISHED" and len(inputs_of(run)) == 3
@@ -187,14 +191,14 @@ def test_a_store_of_an_older_schema_is_mlflows_to_refuse_in_one_line(store_uri, 
 def test_a_run_whose_final_write_fails_is_not_left_running(store_uri, monkeypatch):
     store = records.Store(store_uri, "runs", background=False)
     (handle,) = store.start_runs([compose_spec()], ["doomed"], [{}], [{}])
-    original = sql.DatabaseWrites.write
+    original = sql.Database.write
 
     def locked(self, batch):
         if batch.ended:
             raise RuntimeError("database is locked")
         return original(self, batch)
 
-    monkeypatch.setattr(sql.DatabaseWrites, "write", locked)
+    monkeypatch.setattr(sql.Database, "write", locked)
     result = train.engine.train_cohort([compose_spec("trainer.steps=3")])[0]
     (recorded,) = store.finish_runs([handle], [result])
     assert "database is locked" in recorded.error
@@ -223,3 +227,104 @@ def test_long_values_and_repeated_points_are_kept_as_mlflows_client_keeps_them(s
     assert run.data.params["long"] == "p" * 6000
     rows = metric_rows(store_uri, run.info.run_id)["train_loss"]
     assert [(step, value) for step, value, _ in rows] == [(0, 3.0), (1, 2.0)]
+
+
+def statements(script: str) -> list[list[str]]:
+    """The statements of a schema script, sorted, each as its sorted lines without their
+    trailing commas: MLflow's migrations create indexes, and write a table's constraints, in
+    an order that varies from run to run."""
+    found: list[list[str]] = []
+    for line in script.splitlines():
+        if line.startswith(("CREATE ", "INSERT ")):
+            found.append([])
+        found[-1].append(line.strip().rstrip(","))
+    return sorted(sorted(lines) for lines in found)
+
+
+def test_a_new_store_is_made_from_the_shipped_schema_as_mlflows_migrations_make_it(
+    tmp_path, monkeypatch
+):
+    """The shipped schema of the installed MLflow's revision is the SQL of a store MLflow
+    has just made; a store made from it holds the same tables, indexes, triggers and rows
+    (the default experiment's times aside), ``mlflow db upgrade`` finds nothing to do, and
+    MLflow's client writes and reads it."""
+    monkeypatch.chdir(tmp_path)  # the default experiment's artifacts go under ./mlruns
+    reference, ours = tmp_path / "reference.db", tmp_path / "ours.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{reference}").search_experiments()
+    shipped = opening.SCHEMAS / f"{_get_latest_schema_revision()}.sql"
+    assert statements(shipped.read_text()) == statements(opening.schema_script(reference))
+    opening.create_if_missing(f"sqlite:///{ours}")
+    assert statements(opening.schema_script(ours)) == statements(
+        opening.schema_script(reference)
+    )
+
+    def experiments(path):
+        with sqlite3.connect(path) as connection:
+            rows = connection.execute("select * from experiments").fetchall()
+        connection.close()
+        return [row[:4] + row[6:] for row in rows]  # without creation and update times
+
+    assert experiments(ours) == experiments(reference)
+    upgrade = [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{ours}"]
+    assert subprocess.run(upgrade, capture_output=True).returncode == 0
+    assert opening.revision_at(f"sqlite:///{ours}") == _get_latest_schema_revision()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ours}")
+    run = client.create_run(client.create_experiment("made"))
+    client.log_metric(run.info.run_id, "loss", 0.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
+
+
+NAMES = ["train_loss", "optimizer.kwargs.a b", "a:b/c-d_e", "x" * 250, "x" * 251, "", "a@b"]
+NAMES += ["../up", "/root", "a//b", "a/./b", ".", "ok/", "tab\there", "é"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_names_are_refused_as_mlflows_client_refuses_them(name):
+    """``backends.rules`` against ``mlflow.utils.validation`` (the direct writes' rules)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
+
+    from harness.records.backends import rules
+
+    for theirs, ours in (
+        (lambda: _validate_metric(name, 0.0, 0, 0), lambda: rules.check_name("metric", name)),
+        (lambda: _validate_param(name, "v"), lambda: rules.param(name, "v")),
+        (lambda: _validate_tag(name, "v"), lambda: rules.tag(name, "v")),
+    ):
+        try:
+            theirs()
+            refused = False
+        except MlflowException:
+            refused = True
+        if refused:
+            with pytest.raises(rules.Refused):
+                ours()
+        else:
+            ours()
+
+
+def test_long_values_are_cut_as_mlflows_client_cuts_them():
+    from mlflow.utils.validation import _validate_param, _validate_tag
+
+    from harness.records.backends import rules
+
+    for length in (5999, 6000, 6001, 7999, 8000, 8001, 20000):
+        value = "v" * length
+        param, tag = _validate_param("p", value), _validate_tag("t", value)
+        assert rules.param("p", value) == (param.key, param.value)
+        assert rules.tag("t", value) == (tag.key, tag.value)
+
+
+def test_the_tables_the_harness_writes_are_mlflows():
+    """Each table of ``backends.tables`` is one of MLflow's models' tables, its columns among
+    that table's and its primary key the same."""
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.tracking.dbmodels import models  # noqa: F401  (defines the tables)
+
+    from harness.records.backends import tables
+
+    theirs = Base.metadata.tables
+    for name, table in tables.metadata.tables.items():
+        assert {c.name for c in table.columns} <= {c.name for c in theirs[name].columns}, name
+        ours_key = {c.name for c in table.primary_key.columns}
+        assert ours_key == {c.name for c in theirs[name].primary_key.columns}, name

@@ -118,30 +118,49 @@ def test_ctrl_c_twice_still_ends_with_the_summary_and_exit_130(tmp_path, store_u
     assert not [r for r in points + parents if r.info.status == "RUNNING"]
 
 
-def test_a_kill_during_a_new_stores_creation_leaves_no_store(tmp_path):
-    """kill -9 while MLflow creates a new store's tables: no broken store is left behind,
-    and the next command creates it whole."""
+# ``harness.train`` in a process of its own with a store's creation changed: by MLflow's
+# migrations (no shipped schema), or from the shipped schema but stopping before the new store
+# is moved into place (the moment a kill would cut).
+CREATIONS = {
+    "migrations": ("opening.SCHEMAS = Path('/nonexistent')", "Updating database tables"),
+    "schema": (
+        "opening._move_into_place = lambda *a: (print('moving', file=sys.stderr, flush=True), "
+        "time.sleep(60))",
+        "moving",
+    ),
+}
+CHANGED_TRAIN = """
+import sys, time
+from pathlib import Path
+from harness.records.backends import opening
+{change}
+from harness.train import main
+main()
+"""
+
+
+@pytest.mark.parametrize("creation", sorted(CREATIONS))
+def test_a_kill_during_a_new_stores_creation_leaves_no_store(tmp_path, creation):
+    """kill -9 while a new store's tables are made (by MLflow's migrations, or from the
+    shipped schema): no broken store is left behind, and the next command creates it
+    whole."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [
-        sys.executable,
-        "-m",
-        "harness.train",
-        f"tracking.uri={uri}",
-        f"hydra.run.dir={tmp_path}/run",
-        "trainer.steps=5",
-    ]
+    overrides = [f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run", "trainer.steps=5"]
+    change, cue = CREATIONS[creation]
+    command = [sys.executable, "-c", CHANGED_TRAIN.format(change=change), *overrides]
     process = subprocess.Popen(
         command, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     for line in process.stderr:
-        if "Updating database tables" in line:
+        if cue in line:
             time.sleep(0.15)
             os.killpg(process.pid, signal.SIGKILL)
             break
     process.wait(timeout=60)
     wait_for(lambda: process_group_is_gone(process.pid), timeout=30)
-    assert not (tmp_path / "mlflow.db").exists() or finished_points(uri, "runs") == 0
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert not (tmp_path / "mlflow.db").exists()
+    again = [sys.executable, "-m", "harness.train", *overrides]
+    done = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [r.info.status for r in runs_in(uri)] == ["FINISHED"]
     assert not list(tmp_path.glob(".mlflow.db.creating-*"))

@@ -1,29 +1,15 @@
-"""Opening a store and finding things in it: the client of a checked store, a study's
-experiment (created on first use as a model-training experiment, so that MLflow's UI opens its
-runs table), runs by role, and every run page by page."""
+"""Opening a store and finding things in it, whichever backend serves it (``backends.sql`` or
+``backends.client``, see ``backends.opening.open_backend``): a checked store's backend, a
+study's experiment (created on first use as a model-training experiment, so that MLflow's UI
+opens its runs table), and runs by role."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
 from harness import owners
 from harness.config import ConfigError
-from harness.records.schema import KIND_TAG, KIND_TRAINING, Status, Tag
+from harness.records.backends import opening
+from harness.records.schema import Status, Tag
 from harness.records.uri import artifact_location, is_database
-
-
-def connect(uri: str) -> MlflowClient:
-    """MLflow's client of the store at ``uri``, after refusing a database the installed MLflow
-    cannot open (ConfigError: see ``backends.opening.check_schema``)."""
-    if is_database(uri):
-        from harness.records.backends import opening
-
-        opening.check_schema(uri)
-    return MlflowClient(tracking_uri=uri)
 
 
 def cannot_open(uri: str, error: BaseException) -> ConfigError:
@@ -32,118 +18,52 @@ def cannot_open(uri: str, error: BaseException) -> ConfigError:
     return ConfigError("tracking.uri", uri, f"MLflow cannot open it: {first_line}")
 
 
-def open_client(uri: str) -> MlflowClient:
-    """``connect``, with any failure to open the store (MLflow's own) as a ConfigError."""
+def open_backend(uri: str, bulk: bool = True):
+    """The backend of the store at ``uri`` (``bulk=False``: MLflow's client even where SQL
+    would do), after refusing a database the installed MLflow cannot open; any failure to
+    open the store is a ConfigError."""
+    if is_database(uri):
+        opening.check_schema(uri)
     try:
-        client = connect(uri)
-        client.search_experiments(max_results=1)
+        return opening.open_backend(uri, bulk)
     except ConfigError:
         raise
     except Exception as error:
         raise cannot_open(uri, error) from error
-    return client
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if missing; either way marked as a
-    model-training experiment."""
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        location = artifact_location(client.tracking_uri, name)
-        try:
-            return client.create_experiment(name, location, {KIND_TAG: KIND_TRAINING})
-        except MlflowException:  # another process created it first
-            found = client.get_experiment_by_name(name)
-    if found.tags.get(KIND_TAG) != KIND_TRAINING:
-        client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND_TRAINING)
-    return found.experiment_id
-
-
-def find_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``; ConfigError when the store has none of that name."""
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        raise ConfigError("study", name, f"no experiment of that name in {client.tracking_uri}")
-    return found.experiment_id
+def experiment_id(backend, name: str) -> str:
+    """The id of experiment ``name``, created if missing; a failure to write is a
+    ConfigError."""
+    try:
+        return backend.experiment_id(name, artifact_location(backend.uri, name))
+    except Exception as error:  # a read-only store, a deleted experiment, ...
+        raise cannot_open(backend.uri, error) from error
 
 
 def reopen_or_create(
-    client: MlflowClient, experiment: str, role: str, match: str, name: str, tags: dict
+    backend, experiment: str, role: str, match: dict, name: str, tags: dict, params: dict
 ) -> tuple[str, bool]:
-    """The run with ``role`` (and matching the filter ``match``) that no live process holds,
-    taken over by this process and set RUNNING again, or a new one named ``name`` with
-    ``tags``; returns (run id, whether it is new). A run is held while it is RUNNING under a
+    """The run with ``role`` (and the tags ``match``) that no live process holds, taken over
+    by this process and set RUNNING again, or a new one named ``name`` with ``tags`` and
+    ``params``; returns (run id, whether it is new). A run is held while it is RUNNING under a
     live owner (two sweeps of one grid at once get a parent run each); two processes that
-    reopen the same run at once: one takes it over (``take_over``), the other goes on."""
+    reopen the same run at once: one takes it over (the owner tag's conditional swap), the
+    other goes on."""
     owner = owners.owner_token()
-    filter_string = f"tags.{Tag.ROLE} = '{role}'{match}"
-    for run in all_runs(client, experiment, filter_string):
-        seen = run.data.tags.get(Tag.OWNER, "")
-        if run.info.status == Status.RUNNING and owners.is_alive(seen):
+    for run_id, status, run_tags in backend.runs(experiment, {Tag.ROLE: role, **match}):
+        seen = run_tags.get(Tag.OWNER, "")
+        if status == Status.RUNNING and owners.is_alive(seen):
             continue
-        if take_over(client, run.info.run_id, seen, owner):
-            client.update_run(run.info.run_id, status=Status.RUNNING)
-            return run.info.run_id, False
+        if backend.swap_tag(run_id, Tag.OWNER, seen, owner):
+            backend.set_status(run_id, Status.RUNNING)
+            return run_id, False
     new_tags = {Tag.ROLE: role, Tag.OWNER: owner, **tags}
-    run = client.create_run(experiment, run_name=name, tags=new_tags)
-    return run.info.run_id, True
-
-
-def take_over(client: MlflowClient, run_id: str, seen: str, owner: str) -> bool:
-    """Make ``owner`` the run's owner if its owner is still ``seen``: one conditional write
-    on a database; through a server, a plain one (the later of two writers wins)."""
-    from harness.records.backends import opening, sql
-
-    store = opening.database_store(client)
-    if store is not None:
-        return sql.swap_tag(store, run_id, Tag.OWNER, seen, owner)
-    client.set_tag(run_id, Tag.OWNER, owner)
-    return True
-
-
-def all_runs(client: MlflowClient, experiment: str, matching: str = "") -> Iterator:
-    """Every active run of the experiment (``matching``: MLflow's search filter), searched
-    page by page."""
-    token = None
-    while True:
-        page = client.search_runs([experiment], matching, max_results=5000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def end_if_running(client: MlflowClient, run_id: str, status: str, why: str) -> bool:
-    """End a run someone else left RUNNING with ``status``, saying ``why`` (its error tag),
-    only if it is still RUNNING; False when it was not. On a database the check and the
-    change are one conditional update; through a server they are two calls, with a moment
-    between them in which the run's own process may end it (its status then wins)."""
-    from harness.records.backends import opening, sql
-
-    store = opening.database_store(client)
-    if store is not None:
-        ended = sql.end_running(store, run_id, status, int(1000 * time.time()))
-    else:
-        ended = client.get_run(run_id).info.status == Status.RUNNING
-        if ended:
-            client.set_terminated(run_id, status)
-    if ended:
-        client.set_tag(run_id, Tag.ERROR, why)
-    return ended
-
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    """``items`` in lists of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    return backend.create_run(experiment, name, new_tags, params), True
 
 
 def listing(uri: str) -> list[tuple[str, str]]:
     """The store's active experiments that hold runs: (id, name), by name."""
-    client = open_client(uri)
-    found = [
-        (experiment.experiment_id, experiment.name)
-        for experiment in client.search_experiments()
-        if client.search_runs([experiment.experiment_id], max_results=1)
-    ]
-    return sorted(found, key=lambda entry: entry[1])
+    from harness.records.backends import client
+
+    return client.listing(uri)

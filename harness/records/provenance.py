@@ -39,15 +39,15 @@ def user() -> str:
 def environment_tags() -> dict[str, str]:
     """Library versions and the git commit."""
     import hydra
-    import mlflow
     import torch
 
     from harness import __version__
+    from harness.records.backends.opening import mlflow_version
 
     return {
         "harness_version": __version__,
         "torch_version": torch.__version__,
-        "mlflow_version": mlflow.__version__,
+        "mlflow_version": mlflow_version(),
         "hydra_version": hydra.__version__,
         "python_version": platform.python_version(),
         Tag.GIT_COMMIT: git_commit(),

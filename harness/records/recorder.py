@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from harness.config import yaml_text
 from harness.records import experiments
-from harness.records.backends import (
-    Claim,
-    CreatedRun,
-    Held,
-    NewRun,
-    Series,
-    Writes,
-    opening,
-    sql,
-)
-from harness.records.backends.client import ClientWrites, in_threads
+from harness.records.backends import Claim, CreatedRun, Held, NewRun, Series, Writes
 from harness.records.schema import Status, Tag, is_grid_point
+from harness.records.uri import artifact_location
 
 FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this often
 
@@ -29,30 +18,28 @@ FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this o
 class _OpenRun:
     run_id: str
     start_ms: int
+    artifact_uri: str
+    config: dict  # the resolved config, saved as an artifact by ``save_configs``
     pending: list[Series] = field(default_factory=list)  # curves not written yet
 
 
 class Recorder:
     """Performs the MLflow writes of runs named by handles the caller chooses, many runs at a
-    time: runs are created with their params, tags, dataset inputs and config artifact, then
+    time: runs are created with their params, tags and dataset inputs, their config artifacts
+    saved, then
     their curves are held until they end (or every ``flush_seconds`` while they train, so long
     runs show their curves live) and written with the end-of-run metrics, tags and status. On
     a database store of a verified schema each step is one transaction for all the runs
     (``bulk``, see ``backends.sql``); elsewhere MLflow's client writes run by run."""
 
     def __init__(self, uri: str, flush_seconds: float = FLUSH_SECONDS, bulk: bool = True):
-        self.client = experiments.connect(uri)
-        store = opening.database_store(self.client)
-        direct = bulk and store is not None and opening.bulk_verified(store)
-        self.writes = (
-            sql.DatabaseWrites(store, self.client) if direct else ClientWrites(self.client)
-        )
+        self.backend = experiments.open_backend(uri, bulk)
         self.flush_seconds = flush_seconds
         self.runs: dict[str, _OpenRun] = {}
         self.last_flush = time.monotonic()
 
     def experiment(self, handles, name: str) -> str:
-        return experiments.experiment_id(self.client, name)
+        return self.backend.experiment_id(name, artifact_location(self.backend.uri, name))
 
     def start(
         self,
@@ -62,45 +49,34 @@ class Recorder:
         claim: Claim | None = None,
     ) -> list[Held | None]:
         """Create the runs (with a ``claim``: as claims on their grid points, see
-        ``backends.holders``) and upload their configs; returns, per run, None where it was
-        created, else the ``Held`` of the run that holds its point. Runs whose configs could
-        not be uploaded are ended FAILED before the error is raised."""
-        outcome = self.writes.create(experiment_id, new_runs, claim)
-        created = [
-            (handle, new, run)
-            for handle, new, run in zip(handles, new_runs, outcome, strict=True)
-            if isinstance(run, CreatedRun)
-        ]
-        for handle, _, run in created:
-            self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
-        with tempfile.TemporaryDirectory() as folder:
-
-            def upload(pair: tuple[NewRun, CreatedRun]) -> None:
-                new, run = pair
-                path = Path(folder) / run.run_id / "config.yaml"
-                path.parent.mkdir()
-                path.write_text(yaml_text(new.config))
-                sql.upload_artifact(str(path), run.artifact_uri, self.client.tracking_uri)
-
-            try:
-                in_threads(upload, [(new, run) for _, new, run in created])
-            except Exception as error:
-                message = f"{type(error).__name__}: {error}"
-                self.fail([handle for handle, _, _ in created], Status.FAILED, message, message)
-                raise
+        ``backends.holders``); returns, per run, None where it was created, else the
+        ``Held`` of the run that holds its point."""
+        outcome = self.backend.create(experiment_id, new_runs, claim)
+        for handle, new, run in zip(handles, new_runs, outcome, strict=True):
+            if isinstance(run, CreatedRun):
+                self.runs[handle] = _OpenRun(run.run_id, run.start_ms, run.artifact_uri, new.config)
         return [run if isinstance(run, Held) else None for run in outcome]
+
+    def save_configs(self, handles: list[str]) -> None:
+        """Save the created runs' configs as their ``config.yaml`` artifacts (a writer does
+        it while the runs train; a failure ends them FAILED at their finish)."""
+        runs = [self.runs[handle] for handle in handles if handle in self.runs]
+        self.backend.save_configs([(run.artifact_uri, yaml_text(run.config)) for run in runs])
 
     def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus
         seconds_at; write all held points when ``flush_seconds`` have passed."""
         offsets = {step: int(1000 * seconds) for step, seconds in seconds_at.items()}
+        stamped: dict[tuple[int, tuple[int, ...]], list[int]] = {}  # runs share their stamps
         for handle, chunk in zip(handles, chunks, strict=True):
             run = self.runs[handle]
             for name, (steps, values) in chunk.items():
                 if len(steps) != len(values):
                     raise ValueError(f"{name}: {len(steps)} steps but {len(values)} values")
-                stamps = [run.start_ms + offsets.get(step, 0) for step in steps]
-                run.pending.append((name, steps, values, stamps))
+                key = (run.start_ms, tuple(steps))
+                if key not in stamped:
+                    stamped[key] = [run.start_ms + offsets.get(step, 0) for step in steps]
+                run.pending.append((name, steps, values, stamped[key]))
         if time.monotonic() - self.last_flush >= self.flush_seconds:
             batch = Writes()
             for run in self.runs.values():
@@ -137,19 +113,20 @@ class Recorder:
     def end_owned(self, handles, experiment_id: str, owner: str, message: str) -> None:
         """End FAILED, with ``message``, every grid point's run of the experiment that the
         process ``owner`` left RUNNING (the runs a writer that died held open)."""
-        matching = f"attributes.status = '{Status.RUNNING}' and tags.{Tag.OWNER} = '{owner}'"
-        for run in experiments.all_runs(self.client, experiment_id, matching):
-            if is_grid_point(run.data.tags):
-                experiments.end_if_running(self.client, run.info.run_id, Status.FAILED, message)
+        owned = self.backend.runs(experiment_id, {Tag.OWNER: owner}, Status.RUNNING)
+        for run_id, _, tags in owned:
+            if is_grid_point(tags):
+                self.backend.end_if_running(run_id, Status.FAILED, message)
 
     def _write(self, batch: Writes, handles: list[str], status: str = Status.FAILED) -> None:
-        """Write ``batch``; if that raises, still end the runs (``status``), then re-raise."""
+        """Write ``batch``; if that raises, still end the runs (``status``, with the error),
+        then re-raise."""
         try:
-            self.writes.write(batch)
-        except Exception:
+            self.backend.write(batch)
+        except Exception as error:
+            why = f"{type(error).__name__}: {error}"
             for handle in handles:
-                run = self.runs.pop(handle)
-                self.client.set_terminated(run.run_id, status)
+                self.backend.end_if_running(self.runs.pop(handle).run_id, status, why)
             raise
         finally:
             self.last_flush = time.monotonic()

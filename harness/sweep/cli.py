@@ -9,12 +9,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from hydra._internal.utils import _run_hydra, get_args_parser
-
-from harness import studies, train
+from harness import studies
 from harness.config import ConfigError
 from harness.paths import CONFIG_DIR
-from harness.sweep.launch import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from harness.sweep.settings import EXIT_BAD_INPUT, EXIT_INTERRUPTED, start_workers_early
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -34,9 +32,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     args = [f"hydra.launcher.{a}" if a.startswith("force=") else a for a in args]
+    start_workers_early(["--multirun", *args])  # imports torch there while Hydra starts here
     chosen = studies.sweeper(study)
     if chosen and not any(a.startswith("hydra/sweeper=") for a in args):
         args.insert(0, f"hydra/sweeper={chosen}")
+    from hydra._internal.utils import _run_hydra, get_args_parser
+
+    from harness import train
+
     parser = get_args_parser()
     parsed = parser.parse_args(["--multirun", f"+experiment={study}", *args])
     try:

@@ -52,11 +52,15 @@ from harness.records import SECONDS_PREFIX, Status, Tag
 from harness.sweep.cohorts import Cohort, alone_notes, make_cohorts, plan_slots
 from harness.sweep.planning import plan, sweep_id
 from harness.sweep.points import Point, compose_points
-from harness.sweep.settings import LauncherSettings
+from harness.sweep.settings import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    WORKER_MODULES,
+    LauncherSettings,
+)
 from harness.sweep.summary import Outcome, Timing, counts, parent_params, summary
 from harness.sweep.work import CohortWork
 
-EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BAD_INPUT = 1, 130, 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; timeout, systemd, docker stop
 
 
@@ -67,12 +71,16 @@ def run_cohorts(
     work: CohortWork,
     progress: Progress,
     timing: Timing,
-) -> tuple[dict[int, Outcome], bool]:
-    """Train the cohorts through the executor with ``work``; returns the outcomes by position
-    and whether the sweep was interrupted. The workers' time is added to ``timing``."""
+) -> tuple[dict[int, Outcome], bool, float]:
+    """Train the cohorts through the executor with ``work``; returns the outcomes by position,
+    whether the sweep was interrupted and when (``time.monotonic``) the last cohort reported.
+    The workers' time is added to ``timing``."""
     outcomes: dict[int, Outcome] = {}
+    last = time.monotonic()
 
     def on_event(kind: str, number: int, payload) -> None:
+        nonlocal last
+        last = time.monotonic()
         positions = cohorts[number].positions
         if kind == "done":
             found = dict(zip(positions, payload.outcomes, strict=True))
@@ -97,12 +105,12 @@ def run_cohorts(
     except KeyboardInterrupt:  # the signals stay ignored: the summary is written whole
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        return outcomes, True
+        return outcomes, True, last
     finally:
         progress.close()
     for signum, handler in previous.items():
         signal.signal(signum, handler)
-    return outcomes, False
+    return outcomes, False, last
 
 
 def settle(
@@ -276,7 +284,7 @@ def launch(
     timing = session.timing
     if not session.points:
         timing.startup = owners.process_age()
-    pool.start_server(["harness.train"])  # gets ready while the grid is composed
+    pool.start_server(WORKER_MODULES)  # gets ready while the grid is composed
     composing = timing.compose + timing.validate
     try:
         points, ledger = prepare(
@@ -332,7 +340,7 @@ def launch(
         claim,
         background=kind != "ray",
     )
-    outcomes, interrupted = run_cohorts(
+    outcomes, interrupted, last_report = run_cohorts(
         points, cohorts, executor, work, Progress(len(plan_.todo)), timing
     )
     outcomes.update(plan_.skipped)
@@ -342,19 +350,26 @@ def launch(
     offset = len(session.points)
     session.points += points
     session.outcomes.update({offset + i: o for i, o in outcomes.items()})
-    close(session, ledger, parent, study, interrupted)
+    close(session, ledger, parent, study, interrupted, last_report)
     if interrupted:
         raise SystemExit(EXIT_INTERRUPTED)
     return [job_return(p, outcomes[i]) for i, p in enumerate(points)]
 
 
 def close(
-    session: Session, ledger: records.Ledger, parent: str, study: str, interrupted: bool
+    session: Session,
+    ledger: records.Ledger,
+    parent: str,
+    study: str,
+    interrupted: bool,
+    last_report: float,
 ) -> None:
     """End the parent run with what every batch so far holds: its status (KILLED when
     interrupted, FAILED when a run failed), the points per outcome, the times and the summary
-    table, which is printed too."""
+    table, which is printed too. ``last_report``: when the batch's last cohort reported
+    (``time.monotonic``), where the batch's ``exit`` time starts."""
     points, outcomes, timing = session.points, session.outcomes, session.timing
+    timing.exit += time.monotonic() - last_report
     failed = any(o.status == "failed" for o in outcomes.values())
     status = Status.KILLED if interrupted else Status.FAILED if failed else Status.FINISHED
     elapsed = time.monotonic() - session.started

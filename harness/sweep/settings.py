@@ -14,6 +14,21 @@ from harness.config import ConfigError
 
 KINDS = ("local", "slurm", "ray")
 KEY = "hydra.launcher"
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BAD_INPUT = 1, 130, 2  # a sweep's exit statuses
+# What a local worker needs, imported once by the fork server that forks the workers.
+WORKER_MODULES = ["harness.sweep.work", "harness.records.backends.sql"]
+
+
+def start_workers_early(argv: list[str]) -> None:
+    """For a multirun (``argv``: its command line) through the harness launcher on this
+    machine, start the fork server of its workers now, so that it imports their modules
+    while Hydra starts and composes the grid here."""
+    from harness import pool
+
+    multirun = "-m" in argv or "--multirun" in argv
+    elsewhere = ("hydra/launcher=", "hydra.launcher.executor=")
+    if multirun and not any(arg.startswith(elsewhere) for arg in argv):
+        pool.start_server(WORKER_MODULES)
 
 
 @dataclass

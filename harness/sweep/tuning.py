@@ -32,8 +32,8 @@ from harness import objectives, registry, search
 from harness.compose import grid_jobs
 from harness.config import ConfigError
 from harness.paths import CONFIG_DIR
-from harness.sweep.launch import EXIT_BAD_INPUT
 from harness.sweep.points import varying_keys
+from harness.sweep.settings import EXIT_BAD_INPUT
 
 
 @dataclass

@@ -93,7 +93,7 @@ class HarnessSweeper(BasicSweeper):
         """Exit 1 when a job failed (2 when each failure is a refused config), saying why
         unless the harness launcher's summary has said it already."""
         from harness.config import ConfigError
-        from harness.sweep.launch import EXIT_BAD_INPUT, EXIT_FAILED
+        from harness.sweep.settings import EXIT_BAD_INPUT, EXIT_FAILED
 
         failed = [r for r in returns if r.status == JobStatus.FAILED]
         if not failed:

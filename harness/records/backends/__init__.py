@@ -1,11 +1,13 @@
-"""The two ways runs reach a store: ``sql`` (direct writes on MLflow's tables, for database
-stores of a verified schema) and ``client`` (MLflow's client: servers, and databases of any
-other schema). Both take the types below: runs to create, and batches of writes; and both
-claim grid points the same way (``holders``)."""
+"""The two ways runs reach a store: ``sql`` (SQL on MLflow's tables, for database stores of a
+verified schema, without importing MLflow) and ``client`` (MLflow's client: servers, and
+databases of any other schema), chosen by ``opening.open_backend``. Both offer the same
+operations on the types below (runs to create, batches of writes, runs read back) and claim
+grid points the same way (``holders``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from harness import owners
@@ -81,3 +83,15 @@ class Writes:
     metrics: dict[str, list[Series]] = field(default_factory=dict)
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
     ended: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+THREADS = 4  # runs written at once through MLflow's client, artifacts uploaded at once
+
+
+def in_threads(function, items: list) -> list:
+    """``function`` over ``items`` on up to ``THREADS`` threads, results in order; the
+    first error is raised."""
+    if len(items) < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(THREADS, len(items))) as threads:
+        return list(threads.map(function, items))

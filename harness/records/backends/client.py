@@ -9,23 +9,44 @@ sqlite, cut answers included."""
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput as MlflowDatasetInput
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-from harness.records import experiments
-from harness.records.backends import Claim, CreatedRun, Held, NewRun, Writes, holders
-from harness.records.backends.sql import dataset_input_entity
-from harness.records.schema import ExperimentTables, Status, Tag
+from harness.config import ConfigError
+from harness.records.backends import (
+    Claim,
+    CreatedRun,
+    Held,
+    NewRun,
+    Writes,
+    holders,
+    in_threads,
+)
+from harness.records.experiments import cannot_open
+from harness.records.schema import (
+    DATASET_CONTEXT,
+    KIND_TAG,
+    KIND_TRAINING,
+    PARAM_TAG_LIMIT,
+    DatasetInput,
+    ExperimentTables,
+    RunRecord,
+    Status,
+    Tag,
+    is_grid_point,
+)
+from harness.records.uri import is_database
 
-CLIENT_THREADS = 4  # runs written at once through MLflow's client
 # A server's answers that mean "ask again" (MLflow answers 400; its HTTP layer already retries
 # 5xx answers), retried after 1, 2, 4, ... s: its database connection pool ran out, or two
 # writers logged the same new dataset at once and this one lost (MLflow's log_inputs reads,
@@ -57,22 +78,37 @@ def retrying(call: Callable[..., T], *args, **kwargs) -> T:
     raise AssertionError("unreachable")
 
 
-def in_threads(function, items: list) -> list:
-    """``function`` over ``items`` on up to ``CLIENT_THREADS`` threads, results in order; the
-    first error is raised."""
-    if len(items) < 2:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(min(CLIENT_THREADS, len(items))) as threads:
-        return list(threads.map(function, items))
+class Client:
+    """A store through MLflow's client (an MLflow server, or a database of a schema the
+    direct writes were not verified on), with the operations of ``sql.Database``. Runs are
+    created and written per run (``create_run``, ``log_batch``, which splits to MLflow's
+    limits, ``log_inputs``, ``set_terminated``), ``backends.THREADS`` runs at a time. Opening it
+    opens the store (MLflow upgrades or refuses an older database here): ConfigError when it
+    cannot."""
 
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = open_client(uri)
 
-class ClientWrites:
-    """Creates and writes runs through MLflow's client: per run ``create_run``, ``log_batch``
-    (which splits to MLflow's limits), ``log_inputs`` and ``set_terminated``, for
-    ``CLIENT_THREADS`` runs at a time."""
+    def close(self) -> None:
+        """Nothing to release: MLflow's client keeps its store for the process."""
 
-    def __init__(self, client: MlflowClient):
-        self.client = client
+    def experiment_id(self, name: str, location: str | None) -> str:
+        """The id of experiment ``name``, created if missing (at ``location``), either way
+        marked as a model-training experiment."""
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return self.client.create_experiment(name, location, {KIND_TAG: KIND_TRAINING})
+            except MlflowException:  # another process created it first
+                found = self.client.get_experiment_by_name(name)
+        if found.tags.get(KIND_TAG) != KIND_TRAINING:
+            self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND_TRAINING)
+        return found.experiment_id
+
+    def find_experiment(self, name: str) -> str | None:
+        found = self.client.get_experiment_by_name(name)
+        return None if found is None else found.experiment_id
 
     def create(
         self, experiment_id: str, new_runs: list[NewRun], claim: Claim | None = None
@@ -94,7 +130,7 @@ class ClientWrites:
         found = [
             run
             for matching in (running, finished)
-            for run in experiments.all_runs(self.client, experiment_id, matching)
+            for run in all_runs(self.client, experiment_id, matching)
         ]
         candidates = [
             (
@@ -121,6 +157,9 @@ class ClientWrites:
 
         return in_threads(create_one, new_runs)
 
+    def save_configs(self, configs: list[tuple[str, str]]) -> None:
+        save_configs(self.uri, configs)
+
     def write(self, batch: Writes) -> None:
         def write_one(run: str) -> None:
             retrying(
@@ -139,6 +178,104 @@ class ClientWrites:
 
         in_threads(write_one, list({*batch.metrics, *batch.tags, *batch.ended}))
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def create_run(
+        self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str]
+    ) -> str:
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        entries = [Param(k, v) for k, v in params.items()]
+        for chunk in chunks(entries, PARAM_TAG_LIMIT):
+            self.client.log_batch(run.info.run_id, params=chunk)
+        return run.info.run_id
+
+    def runs(self, experiment_id: str, tags: dict[str, str], status: str | None = None) -> list:
+        """The experiment's active runs that carry ``tags`` (and have ``status``), newest
+        first, as (run id, status, all their tags)."""
+        matching = [f"tags.{key} = '{value}'" for key, value in tags.items()]
+        matching += [f"attributes.status = '{status}'"] if status else []
+        found = all_runs(self.client, experiment_id, " and ".join(matching))
+        return [(run.info.run_id, run.info.status, run.data.tags) for run in found]
+
+    def grid_runs(self, experiment_id: str) -> list[RunRecord]:
+        return [
+            RunRecord.of(run.info.run_id, run.info.status, run.data.tags, run.data.metrics)
+            for run in all_runs(self.client, experiment_id)
+            if is_grid_point(run.data.tags)
+        ]
+
+    def record(self, run_id: str) -> RunRecord:
+        run = self.client.get_run(run_id)
+        return RunRecord.of(run_id, run.info.status, run.data.tags, run.data.metrics)
+
+    def swap_tag(self, run_id: str, key: str, seen: str, new: str) -> bool:
+        """On a database, one conditional write (``sql.Database.swap_tag``: its tags table is
+        the same in every schema); through a server, a plain one (the later writer wins)."""
+        if is_database(self.uri):
+            return _on_database(self.uri, lambda db: db.swap_tag(run_id, key, seen, new))
+        self.client.set_tag(run_id, key, new)
+        return True
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.update_run(run_id, status=status)
+
+    def end_if_running(self, run_id: str, status: str, why: str) -> bool:
+        """On a database the check and the change are one conditional update; through a
+        server they are two calls, with a moment between them in which the run's own process
+        may end it (its status then wins)."""
+        if is_database(self.uri):
+            return _on_database(self.uri, lambda db: db.end_if_running(run_id, status, why))
+        ended = self.client.get_run(run_id).info.status == Status.RUNNING
+        if ended:
+            self.client.set_terminated(run_id, status)
+            self.client.set_tag(run_id, Tag.ERROR, why)
+        return ended
+
+    def read_tables(self, experiment_id: str) -> ExperimentTables:
+        if is_database(self.uri):
+            return _on_database(self.uri, lambda db: db.read_tables(experiment_id))
+        return read_tables(self.uri, experiment_id)
+
+
+def save_configs(uri: str, configs: list[tuple[str, str]]) -> None:
+    """Save each (artifact URI, text) as the ``config.yaml`` artifact of a run of the store at
+    ``uri``, through MLflow's artifact repository for that URI (no lookup of the run), a few
+    at a time."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from harness.records.backends.sql import CONFIG_FILE
+
+    with tempfile.TemporaryDirectory() as folder:
+
+        def save(entry: tuple[int, tuple[str, str]]) -> None:
+            index, (artifact_uri, text) = entry
+            path = Path(folder) / str(index) / CONFIG_FILE
+            path.parent.mkdir()
+            path.write_text(text)
+            get_artifact_repository(artifact_uri, uri).log_artifact(str(path))
+
+        in_threads(save, list(enumerate(configs)))
+
+
+def _on_database(uri: str, call: Callable[..., T]) -> T:
+    """``call`` on a ``sql.Database`` of ``uri`` opened for it."""
+    from harness.records.backends.sql import Database
+
+    database = Database(uri)
+    try:
+        return call(database)
+    finally:
+        database.close()
+
+
+def dataset_input_entity(entry: DatasetInput) -> MlflowDatasetInput:
+    """MLflow's dataset input entity for ``entry``, as ``log_inputs`` takes it."""
+    dataset = Dataset(
+        entry.name, entry.digest, entry.source_type, entry.source, profile=entry.profile
+    )
+    return MlflowDatasetInput(dataset, [InputTag(DATASET_CONTEXT, entry.context)])
+
 
 def read_tables(uri: str, experiment_id: str) -> ExperimentTables:
     """``read_experiment`` from an MLflow server: runs, params and tags from paged run searches
@@ -146,7 +283,7 @@ def read_tables(uri: str, experiment_id: str) -> ExperimentTables:
     whose latest metrics name it."""
     import pandas as pd
 
-    runs = list(experiments.all_runs(MlflowClient(tracking_uri=uri), experiment_id))
+    runs = list(all_runs(MlflowClient(tracking_uri=uri), experiment_id))
     keys: dict[str, list[str]] = {}
     for run in runs:
         for key in run.data.metrics:
@@ -172,8 +309,8 @@ def _metric_histories(uri: str, key: str, run_ids: list[str]) -> list[dict]:
     cuts an answer at ``HISTORY_LIMIT`` points, so a full answer is asked again in halves, and
     a single run's by MLflow's paged history call."""
     if len(run_ids) > HISTORY_RUNS:
-        chunks = experiments.chunks(run_ids, HISTORY_RUNS)
-        return [p for chunk in chunks for p in _metric_histories(uri, key, chunk)]
+        parts = chunks(run_ids, HISTORY_RUNS)
+        return [p for part in parts for p in _metric_histories(uri, key, part)]
     query = {"run_id": run_ids, "metric_key": key, "max_results": HISTORY_LIMIT}
     answer = http_request(get_default_host_creds(uri), HISTORY_ENDPOINT, "GET", params=query)
     points = verify_rest_response(answer, HISTORY_ENDPOINT).json().get("metrics", [])
@@ -184,3 +321,54 @@ def _metric_histories(uri: str, key: str, run_ids: list[str]) -> list[dict]:
         return [{**m.to_dictionary(), "run_id": run_ids[0]} for m in history]
     half = len(run_ids) // 2
     return _metric_histories(uri, key, run_ids[:half]) + _metric_histories(uri, key, run_ids[half:])
+
+
+def connect(uri: str) -> MlflowClient:
+    """MLflow's client of the store at ``uri``, after refusing a database the installed MLflow
+    cannot open (ConfigError: see ``backends.opening.check_schema``)."""
+    if is_database(uri):
+        from harness.records.backends import opening
+
+        opening.check_schema(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """``connect``, with any failure to open the store (MLflow's own) as a ConfigError."""
+    try:
+        client = connect(uri)
+        client.search_experiments(max_results=1)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise cannot_open(uri, error) from error
+    return client
+
+
+def all_runs(client: MlflowClient, experiment: str, matching: str = "") -> Iterator:
+    """Every active run of the experiment (``matching``: MLflow's search filter), searched
+    page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment], matching, max_results=5000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    """``items`` in lists of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def listing(uri: str) -> list[tuple[str, str]]:
+    """The store's active experiments that hold runs: (id, name), by name."""
+    client = open_client(uri)
+    found = [
+        (experiment.experiment_id, experiment.name)
+        for experiment in client.search_experiments()
+        if client.search_runs([experiment.experiment_id], max_results=1)
+    ]
+    return sorted(found, key=lambda entry: entry[1])

@@ -1,45 +1,62 @@
-"""Direct writes and bulk reads on the tables of MLflow's database store (sqlite, PostgreSQL,
-MySQL), through MLflow's internals (its table models, its metric and param validation, the
-artifact repository that takes a run's artifact URI as it is); ``backends.opening`` opens the
-store. These two modules are the harness's only use of MLflow's internals.
+"""A database store (sqlite, PostgreSQL, MySQL) of a verified schema, written and read with SQL
+on MLflow's tables (``backends.tables``) under MLflow's rules (``backends.rules``), without
+importing MLflow: a sweep's start-up pays for SQLAlchemy alone (a tenth of a second) instead
+of MLflow's client and store modules (about two seconds).
 
 Verified on MLflow 3.17.2 (schema revision dc11669786a5) and 3.18.0 (f4a9b2c7d1e6; its three
 new revisions add tables of their own and change none of these): ``tests/test_records_sql.py``
-holds these writes against MLflow's own ``create_run``, ``log_batch``, ``log_inputs`` and
-``set_terminated`` (the same records, read back through MLflow's client). On a store of any
-other schema revision the writers go through MLflow's client instead
-(``opening.bulk_verified``), and a store newer than the installed MLflow is refused before
-anything is written (``opening.check_schema``).
+holds these writes against MLflow's own ``create_run``, ``log_batch``, ``log_inputs``,
+``update_run`` and ``set_terminated`` (the same records, read back through MLflow's client). On
+a store of any other schema revision the records go through MLflow's client instead
+(``backends.client``, chosen by ``opening.open_backend``), and a store newer than the installed
+MLflow is refused before anything is written (``opening.check_schema``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import operator
+import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from mlflow.entities import Dataset, InputTag
-from mlflow.entities import DatasetInput as MlflowDatasetInput
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import (
-    _validate_dataset_inputs,
-    _validate_metric,
-    _validate_param,
-    _validate_tag,
+import sqlalchemy
+from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from harness.records.backends import (
+    Claim,
+    CreatedRun,
+    Held,
+    NewRun,
+    Series,
+    Writes,
+    holders,
+    rules,
+    tables,
+)
+from harness.records.schema import (
+    DATASET_CONTEXT,
+    KIND_TAG,
+    KIND_TRAINING,
+    DatasetInput,
+    ExperimentTables,
+    RunRecord,
+    Status,
+    Tag,
+    is_grid_point,
 )
 
-from harness.records.backends import Claim, CreatedRun, Held, NewRun, Series, Writes, holders
-from harness.records.schema import DATASET_CONTEXT, DatasetInput, ExperimentTables, Status, Tag
-
-if TYPE_CHECKING:  # MLflow's store modules take half a second to import: where they are used
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-SQLITE_CACHE_KIB = 131072  # page cache of the writer's sqlite connection, at most
+SQLITE_CACHE_KIB = 131072  # page cache of a writer's sqlite connection, at most
 SQLITE_BUSY_MS = 120_000  # how long a writer waits for another's transaction on sqlite
-ROWS_PER_INSERT = 50_000  # metric rows built and inserted at a time
+RUNS_PER_INSERT = 25  # runs whose metric rows are built and inserted at a time (see write)
+DATASET_TRIES = 3  # inserts of a dataset that another writer may be inserting at once
+DEFAULT_WORKSPACE = "default"
+CONFIG_FILE = "config.yaml"  # a run's resolved config, among its artifacts
+MAX_FLOAT = 1.7976931348623157e308  # MLflow stores an infinity as the largest float
 RUN_COLUMNS = (
     "run_uuid",
     "name",
@@ -67,36 +84,38 @@ DATASET_COLUMNS = (
     "dataset_profile",
 )
 INPUT_COLUMNS = ("input_uuid", "source_type", "source_id", "destination_type", "destination_id")
-DATASET_TRIES = 3  # inserts of a dataset that another writer may be inserting at once
 METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
 PAIR_COLUMNS = ("run_uuid", "key", "value")
+TABLE_KEY = operator.itemgetter(1, 3, 4, 0)  # a metric row's order in the table's primary key
+LATEST_ORDER = operator.itemgetter(4, 3, 2)  # which of a run's metric rows is its latest
 
 
-def upload_artifact(path: str, artifact_uri: str, tracking_uri: str) -> None:
-    """Log the file at ``path`` into a run's ``artifact_uri``, with no lookup of the run."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    get_artifact_repository(artifact_uri, tracking_uri).log_artifact(path)
+def now_ms() -> int:
+    return int(1000 * time.time())
 
 
-def swap_tag(store: SqlAlchemyStore, run_id: str, key: str, seen: str, new: str) -> bool:
-    """Set the run's tag ``key`` to ``new`` only if it is still ``seen`` ("": absent), in one
-    conditional statement; False when another process changed it first."""
-    from mlflow.store.tracking.dbmodels.models import SqlTag
-    from sqlalchemy import insert, update
-    from sqlalchemy.exc import IntegrityError
+def default_artifact_root() -> str:
+    """Where MLflow's client puts the artifacts of a store opened without an artifact root:
+    ``./mlruns``, made absolute."""
+    return os.path.abspath("mlruns")
 
-    tags = SqlTag.__table__
-    if seen:
-        where = (tags.c.run_uuid == run_id, tags.c.key == key, tags.c.value == seen)
-        with store.engine.begin() as connection:
-            return connection.execute(update(tags).where(*where).values(value=new)).rowcount == 1
-    try:
-        with store.engine.begin() as connection:
-            connection.execute(insert(tags).values(run_uuid=run_id, key=key, value=new))
-    except IntegrityError:
-        return False
-    return True
+
+def local_path(artifact_uri: str) -> Path | None:
+    """The folder of a local artifact URI (``file://...`` or a plain path), else None."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return Path(artifact_uri) if parsed.scheme == "" else None
+
+
+def sanitized(value: float) -> tuple[bool, float]:
+    """(is_nan, value) as MLflow stores a metric value: NaN as 0 with the flag set,
+    infinities as the largest floats."""
+    if math.isnan(value):
+        return True, 0.0
+    if math.isinf(value):
+        return False, MAX_FLOAT if value > 0 else -MAX_FLOAT
+    return False, value
 
 
 def _first_of_each(inputs: list[DatasetInput]) -> dict[tuple[str, str], DatasetInput]:
@@ -108,36 +127,135 @@ def _first_of_each(inputs: list[DatasetInput]) -> dict[tuple[str, str], DatasetI
     return first
 
 
-class DatabaseWrites:
-    """Creates and writes many runs per transaction on a database store, leaving the tables as
-    MLflow's own ``create_run``, ``log_inputs``, ``log_batch`` and ``set_terminated`` would: run
-    rows (the user from the ``mlflow.user`` tag, as the client's ``create_run``), dataset rows
-    (one per experiment, name and digest), input edges and their context tags, metric rows
-    (NaN stored as 0 with ``is_nan``, infinities as the largest floats), the latest value per
-    run and metric by (step, timestamp, value), params, tags (replacing a tag of the same key)
-    and run status. The client needs five or more transactions per run; a cohort needs two
-    here."""
+def _pairs(run_id: str, entries: dict[str, str], rule) -> list[tuple[str, str, str]]:
+    """(run id, key, value) rows of params or tags under MLflow's ``rule`` (``rules.param``
+    or ``rules.tag``: names checked, long values cut)."""
+    return [(run_id, *rule(key, value)) for key, value in entries.items()]
 
-    def __init__(self, store: SqlAlchemyStore, client: MlflowClient):
-        from mlflow.store.tracking.dbmodels.models import (
-            SqlDataset,
-            SqlExperiment,
-            SqlInput,
-            SqlInputTag,
-            SqlLatestMetric,
-            SqlMetric,
-            SqlParam,
-            SqlRun,
-            SqlTag,
+
+def _in_table_order(key: str, series: list[tuple]) -> list[tuple]:
+    """The rows of one metric's ``series`` (run, steps, stamps, values, flags; runs in
+    order), each once, in the order of the metrics table's key (timestamp, step, run). The
+    usual cohort needs no sort: one series per run, all at the same steps and timestamps
+    without repeats, so the rows are the steps in order, each across the runs."""
+    _, steps, stamps, _, _ = series[0]
+    shared = all(s[1] == steps and s[2] == stamps for s in series)
+    if shared and len({s[0] for s in series}) == len(series) and len(set(steps)) == len(steps):
+        order = sorted(range(len(steps)), key=lambda i: (stamps[i], steps[i]))
+        runs = [s[0] for s in series]
+        columns = [(s[3], s[4]) for s in series]
+        rows = []
+        for i in order:
+            stamp, step = stamps[i], steps[i]
+            rows += [
+                (run, key, v[i], stamp, step, f[i])
+                for run, (v, f) in zip(runs, columns, strict=True)
+            ]
+        return rows
+    every = (
+        row
+        for run, steps, stamps, values, flags in series
+        for row in zip(
+            [run] * len(steps), [key] * len(steps), values, stamps, steps, flags, strict=True
         )
+    )
+    return sorted(dict.fromkeys(every), key=TABLE_KEY)
 
-        self.store, self.client = store, client
-        self.metrics, self.latest = SqlMetric.__table__, SqlLatestMetric.__table__
-        self.params, self.tags, self.runs = SqlParam.__table__, SqlTag.__table__, SqlRun.__table__
-        self.datasets, self.inputs = SqlDataset.__table__, SqlInput.__table__
-        self.experiments = SqlExperiment.__table__
-        self.input_tags = SqlInputTag.__table__
+
+class Database:
+    """A database store's experiments and runs, through one SQLAlchemy engine of this process.
+    Every write leaves the tables as MLflow's client would: run rows (the user from the
+    ``mlflow.user`` tag, as ``create_run``), dataset rows (one per experiment, name and
+    digest), input edges and their context tags, metric rows (NaN stored as 0 with ``is_nan``,
+    infinities as the largest floats), the latest value per run and metric by (step,
+    timestamp, value), params, tags (replacing a tag of the same key) and run status. The
+    client needs five or more transactions per run; a cohort needs two here."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.engine = sqlalchemy.create_engine(uri)
         self.artifact_roots: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """A connection in a transaction; sqlite gets a page cache large enough to keep the
+        metric indexes in memory while a cohort's rows go in, and waits up to
+        ``SQLITE_BUSY_MS`` for other writers (many workers write one file)."""
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+            yield connection
+
+    # Experiments
+
+    def experiment_id(self, name: str, location: str | None) -> str:
+        """The id of experiment ``name``, created if missing (at ``location``; None: under
+        the default artifact root, as MLflow's client), either way tagged as a model-training
+        experiment."""
+        found = self.find_experiment(name)
+        if found is None:
+            try:
+                found = str(self._create_experiment(name, location))
+            except IntegrityError:  # another process created it first
+                found = self.find_experiment(name)
+        self.set_experiment_tag(found, KIND_TAG, KIND_TRAINING)
+        return found
+
+    def _create_experiment(self, name: str, location: str | None) -> int:
+        stamp = now_ms()
+        row = {
+            "name": name,
+            "artifact_location": location,
+            "lifecycle_stage": "active",
+            "creation_time": stamp,
+            "last_update_time": stamp,
+        }
+        with self._transaction() as connection:
+            created = connection.execute(insert(tables.experiments).values(**row))
+            number = created.inserted_primary_key[0]
+            if location is None:
+                where = tables.experiments.c.experiment_id == number
+                where_to = f"{default_artifact_root()}/{number}"
+                statement = update(tables.experiments).where(where)
+                connection.execute(statement.values(artifact_location=where_to))
+        return number
+
+    def find_experiment(self, name: str) -> str | None:
+        """The id of experiment ``name``, None if there is none."""
+        table = tables.experiments.c
+        where = (table.name == name, table.workspace == DEFAULT_WORKSPACE)
+        with self._transaction() as connection:
+            found = connection.execute(select(table.experiment_id).where(*where)).scalar()
+        return None if found is None else str(found)
+
+    def set_experiment_tag(self, experiment_id: int | str, key: str, value: str) -> None:
+        table = tables.experiment_tags
+        where = (table.c.experiment_id == int(experiment_id), table.c.key == key)
+        with self._transaction() as connection:
+            if connection.execute(select(table.c.value).where(*where)).scalar() == value:
+                return
+            connection.execute(delete(table).where(*where))
+            row = {"key": key, "value": value, "experiment_id": int(experiment_id)}
+            connection.execute(insert(table).values(**row))
+
+    def _artifact_root(self, experiment_id: str) -> str:
+        """The experiment's artifact location; refuses a deleted experiment."""
+        if experiment_id not in self.artifact_roots:
+            table = tables.experiments.c
+            query = select(table.artifact_location, table.lifecycle_stage, table.name)
+            with self._transaction() as connection:
+                found = connection.execute(query.where(table.experiment_id == int(experiment_id)))
+                location, stage, name = found.one()
+            if stage != "active":
+                raise rules.Refused(f"experiment {name!r} is deleted")
+            self.artifact_roots[experiment_id] = location
+        return self.artifact_roots[experiment_id]
+
+    # Creating runs
 
     def create(
         self, experiment_id: str, new_runs: list[NewRun], claim: Claim | None = None
@@ -146,21 +264,19 @@ class DatabaseWrites:
         grid point: a point that another run holds (see ``backends.holders``) gets no run
         but that run's ``Held``. The claim is atomic: the transaction first takes the
         experiment's row for update, which serialises claims on one experiment (sqlite's
-        write lock, a row lock on PostgreSQL and MySQL), then reads the holders."""
-        if experiment_id not in self.artifact_roots:
-            found = self.client.get_experiment(experiment_id)
-            if found.lifecycle_stage != "active":
-                raise MlflowException(f"experiment {found.name!r} is deleted")
-            self.artifact_roots[experiment_id] = found.artifact_location
-        now = int(1000 * time.time())
-        created = [self._created(experiment_id, now) for _ in new_runs]
+        write lock, a row lock on PostgreSQL and MySQL), then reads the holders. The runs'
+        ids are in increasing order, so that their metric rows go in fast (see ``write``)."""
+        root = self._artifact_root(experiment_id)
+        stamp = now_ms()
+        ids = sorted(uuid.uuid4().hex for _ in new_runs)
+        created = [CreatedRun(i, stamp, f"{root.rstrip('/')}/{i}/artifacts") for i in ids]
         datasets = self._datasets(int(experiment_id), new_runs)
         with self._transaction() as connection:
             held = {}
             if claim is not None:
                 held = self._holders(connection, int(experiment_id), new_runs, claim)
             outcome = [
-                held.get(new.tags[Tag.FINGERPRINT], run)
+                held.get(new.tags.get(Tag.FINGERPRINT), run)
                 for run, new in zip(created, new_runs, strict=True)
             ]
             pairs = zip(outcome, new_runs, strict=True)
@@ -168,18 +284,13 @@ class DatabaseWrites:
             rows, params, tags = [], [], []
             for run, new in chosen:
                 rows.append(self._run_row(run, new, experiment_id))
-                params += _pairs(run.run_id, new.params, _validate_param)
-                tags += _pairs(run.run_id, {Tag.RUN_NAME: new.name, **new.tags}, _validate_tag)
-            self._insert(connection, self.runs, RUN_COLUMNS, rows)
-            self._insert(connection, self.params, PAIR_COLUMNS, params)
-            self._insert(connection, self.tags, PAIR_COLUMNS, tags)
+                params += _pairs(run.run_id, new.params, rules.param)
+                tags += _pairs(run.run_id, {Tag.RUN_NAME: new.name, **new.tags}, rules.tag)
+            self._insert(connection, tables.runs, RUN_COLUMNS, rows)
+            self._insert(connection, tables.params, PAIR_COLUMNS, params)
+            self._insert(connection, tables.tags, PAIR_COLUMNS, tags)
             self._link_inputs(connection, datasets, [(r.run_id, n.inputs) for r, n in chosen])
         return outcome
-
-    def _created(self, experiment_id: str, now: int) -> CreatedRun:
-        run_id = uuid.uuid4().hex
-        root = self.artifact_roots[experiment_id]
-        return CreatedRun(run_id, now, append_to_uri_path(root, run_id, "artifacts"))
 
     @staticmethod
     def _run_row(run: CreatedRun, new: NewRun, experiment_id: str) -> tuple:
@@ -205,11 +316,9 @@ class DatabaseWrites:
         """Take the experiment's row for the rest of the transaction (a write that changes
         nothing: sqlite takes its write lock, other databases the row's lock), then read who
         holds the new runs' grid points."""
-        from sqlalchemy import update
-
-        table = self.experiments.c
+        table = tables.experiments.c
         connection.execute(
-            update(self.experiments)
+            update(tables.experiments)
             .where(table.experiment_id == experiment_id)
             .values(last_update_time=table.last_update_time)
         )
@@ -219,10 +328,8 @@ class DatabaseWrites:
     def _candidates(self, connection, experiment_id: int, fingerprints: set[str]) -> list:
         """The experiment's active RUNNING and FINISHED runs of these grid points, as
         ``backends.Candidate``s."""
-        from sqlalchemy import and_, select
-
-        runs, marks = self.runs.c, self.tags.alias("marks")
-        owner = self.tags.alias("owner")
+        runs, marks = tables.runs.c, tables.tags.alias("marks")
+        owner = tables.tags.alias("owner")
         query = (
             select(runs.run_uuid, marks.c.value, runs.status, runs.start_time, owner.c.value)
             .join(marks, and_(marks.c.run_uuid == runs.run_uuid, marks.c.key == Tag.FINGERPRINT))
@@ -243,12 +350,11 @@ class DatabaseWrites:
         so this is a transaction of its own: when another writer inserts the same dataset
         between its read and its insert, the insert fails on the table's key and is tried
         again, then finding that writer's row."""
-        from sqlalchemy.exc import IntegrityError
-
         wanted = _first_of_each([entry for new in new_runs for entry in new.inputs])
         if not wanted:
             return {}
-        _validate_dataset_inputs([dataset_input_entity(entry) for entry in wanted.values()])
+        for entry in wanted.values():
+            rules.dataset_input(entry)
         for attempt in range(DATASET_TRIES):
             try:
                 with self._transaction() as connection:
@@ -275,7 +381,7 @@ class DatabaseWrites:
             )
             for key in new
         ]
-        self._insert(connection, self.datasets, DATASET_COLUMNS, rows)
+        self._insert(connection, tables.datasets, DATASET_COLUMNS, rows)
         return uuids
 
     def _link_inputs(self, connection, datasets: dict, runs: list) -> None:
@@ -287,13 +393,11 @@ class DatabaseWrites:
                 edge = uuid.uuid4().hex
                 edges.append((edge, "DATASET", datasets[key], "RUN", run_id))
                 edge_tags.append((edge, DATASET_CONTEXT, entry.context))
-        self._insert(connection, self.inputs, INPUT_COLUMNS, edges)
-        self._insert(connection, self.input_tags, ("input_uuid", "name", "value"), edge_tags)
+        self._insert(connection, tables.inputs, INPUT_COLUMNS, edges)
+        self._insert(connection, tables.input_tags, ("input_uuid", "name", "value"), edge_tags)
 
     def _dataset_uuids(self, connection, experiment_id: int, wanted: dict) -> dict:
-        from sqlalchemy import select
-
-        table = self.datasets.c
+        table = tables.datasets.c
         found = connection.execute(
             select(table.name, table.digest, table.dataset_uuid).where(
                 table.experiment_id == experiment_id,
@@ -303,24 +407,46 @@ class DatabaseWrites:
         )
         return {(name, digest): dataset for name, digest, dataset in found}
 
-    def write(self, batch: Writes) -> None:
-        from sqlalchemy import bindparam, update
+    def save_configs(self, configs: list[tuple[str, str]]) -> None:
+        """Save each (artifact URI, text) as the ``config.yaml`` artifact of a run: written
+        into a local artifact folder directly (as MLflow's local artifact repository leaves
+        it), else through MLflow's artifact repository for that URI."""
+        remote = []
+        for artifact_uri, text in configs:
+            folder = local_path(artifact_uri)
+            if folder is None:
+                remote.append((artifact_uri, text))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / CONFIG_FILE).write_text(text)
+        if remote:
+            from harness.records.backends.client import save_configs
 
-        tag_rows = [
-            row for run, tags in batch.tags.items() for row in _pairs(run, tags, _validate_tag)
-        ]
+            save_configs(self.uri, remote)
+
+    # Writing runs
+
+    def write(self, batch: Writes) -> None:
+        """The batch in one transaction. The metric rows go in ``RUNS_PER_INSERT`` runs at a
+        time, each slice in the order of the metrics table's key (metric, timestamp, step,
+        run; the runs of a cohort share their timestamps and their ids increase): the key's
+        index then grows at its end, and the two indexes by run each take a handful of
+        places, about twice as fast as run after run."""
+        tag_rows = [row for run, tags in batch.tags.items() for row in _pairs(run, tags, rules.tag)]
+        runs = sorted(batch.metrics)
         with self._transaction() as connection:
-            for runs in self._slices(batch.metrics):  # rows for a slice of runs at a time
-                metric_rows = self._metric_rows({run: batch.metrics[run] for run in runs})
+            for first in range(0, len(runs), RUNS_PER_INSERT):
+                part = {run: batch.metrics[run] for run in runs[first : first + RUNS_PER_INSERT]}
+                metric_rows, latest = self._metric_rows(part)
                 if metric_rows:
-                    self._insert(connection, self.metrics, METRIC_COLUMNS, metric_rows)
-                    newer = self._newer_latest(connection, metric_rows)
-                    self._replace(connection, self.latest, METRIC_COLUMNS, newer)
-            self._replace(connection, self.tags, PAIR_COLUMNS, tag_rows)
+                    self._insert(connection, tables.metrics, METRIC_COLUMNS, metric_rows)
+                    newer = self._newer_latest(connection, latest)
+                    self._replace(connection, tables.latest_metrics, METRIC_COLUMNS, newer)
+            self._replace(connection, tables.tags, PAIR_COLUMNS, tag_rows)
             if batch.ended:
                 statement = (
-                    update(self.runs)
-                    .where(self.runs.c.run_uuid == bindparam("run"))
+                    update(tables.runs)
+                    .where(tables.runs.c.run_uuid == bindparam("run"))
                     .values(status=bindparam("new_status"), end_time=bindparam("new_end"))
                 )
                 ended = [
@@ -329,60 +455,41 @@ class DatabaseWrites:
                 ]
                 connection.execute(statement, ended)
 
-    @contextlib.contextmanager
-    def _transaction(self):
-        """A connection in a transaction; sqlite gets a page cache large enough to keep the
-        metric indexes in memory while a cohort's rows go in (a quarter less time), and waits
-        up to ``SQLITE_BUSY_MS`` for other writers (many workers write one file)."""
-        with self.store.engine.begin() as connection:
-            if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-                connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-            yield connection
+    @staticmethod
+    def _metric_rows(metrics: dict[str, list[Series]]) -> tuple[list[tuple], dict]:
+        """The rows of the runs' metrics, each once (as MLflow's ``log_batch``, which drops a
+        point given twice: same key, step, timestamp and value), in the order of the metrics
+        table's key; and by (run, metric) the row of the largest (step, timestamp, value)."""
+        by_key: dict[str, list[tuple]] = {}
+        latest: dict[tuple[str, str], tuple] = {}
+        for run in sorted(metrics):
+            for key, steps, values, stamps in metrics[run]:
+                if not steps:
+                    continue
+                rules.check_name("metric", key)
+                if all(map(math.isfinite, values)):
+                    flags = [False] * len(values)
+                    values = [float(value) for value in values]
+                else:
+                    pairs = [sanitized(float(value)) for value in values]
+                    flags, values = [flag for flag, _ in pairs], [value for _, value in pairs]
+                step, stamp, value, flag = max(zip(steps, stamps, values, flags, strict=True))
+                last = (run, key, value, stamp, step, flag)
+                if (run, key) not in latest or LATEST_ORDER(last) > LATEST_ORDER(latest[run, key]):
+                    latest[run, key] = last
+                by_key.setdefault(key, []).append((run, steps, stamps, values, flags))
+        rows: list[tuple] = []
+        for key in sorted(by_key):
+            rows += _in_table_order(key, by_key[key])
+        return rows, latest
 
     @staticmethod
-    def _slices(metrics: dict[str, list[Series]]):
-        """The runs in groups of about ``ROWS_PER_INSERT`` metric points, so the rows of a
-        large cohort are never all in memory at once."""
-        group, count = [], 0
-        for run, series in metrics.items():
-            group.append(run)
-            count += sum(len(steps) for _, steps, _, _ in series)
-            if count >= ROWS_PER_INSERT:
-                yield group
-                group, count = [], 0
-        if group:
-            yield group
-
-    def _metric_rows(self, metrics: dict[str, list[Series]]) -> list[tuple]:
-        """The rows of the metrics, each once (as MLflow's ``log_batch``, which drops a point
-        given twice: same key, step, timestamp and value)."""
-        rows, checked = {}, set()
-        sanitize = self.store.sanitize_metric_value
-        for run, series in metrics.items():
-            for key, steps, values, stamps in series:
-                if key not in checked and steps:  # the key's name; values are the engine's
-                    _validate_metric(key, values[0], stamps[0], steps[0])
-                    checked.add(key)
-                for step, value, stamp in zip(steps, values, stamps, strict=True):
-                    is_nan, value = sanitize(float(value))
-                    rows.setdefault((run, key, value, stamp, step, is_nan), None)
-        return list(rows)
-
-    def _newer_latest(self, connection, rows: list[tuple]) -> list[tuple]:
-        """The rows that become the latest value of their (run, metric): the largest
-        (step, timestamp, value), against those already stored."""
-        from sqlalchemy import select
-
-        def order(row):  # (step, timestamp, value) of (run, key, value, timestamp, step, ...)
-            return row[4], row[3], row[2]
-
-        best: dict[tuple[str, str], tuple] = {}
-        for row in rows:
-            if row[:2] not in best or order(row) > order(best[row[:2]]):
-                best[row[:2]] = row
+    def _newer_latest(connection, best: dict[tuple[str, str], tuple]) -> list[tuple]:
+        """The rows of ``best`` (by run and metric) that are newer than the latest values
+        already stored: a larger (step, timestamp, value)."""
+        best = dict(best)
         runs = sorted({run for run, _ in best})
-        latest = self.latest.c
+        latest = tables.latest_metrics.c
         for start in range(0, len(runs), 500):
             found = connection.execute(
                 select(
@@ -391,7 +498,7 @@ class DatabaseWrites:
             )
             for run, key, step, timestamp, value in found:
                 new = best.get((run, key))
-                if new is not None and (step, timestamp, value) >= order(new):
+                if new is not None and (step, timestamp, value) >= LATEST_ORDER(new):
                     del best[(run, key)]
         return list(best.values())
 
@@ -399,8 +506,6 @@ class DatabaseWrites:
     def _insert(connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Insert ``rows`` (tuples in ``columns`` order) with one DB-API executemany: the
         statement is compiled once by SQLAlchemy for the store's dialect."""
-        from sqlalchemy import insert
-
         if not rows:
             return
         compiled = (
@@ -408,88 +513,173 @@ class DatabaseWrites:
         )
         if compiled.positional:
             order = [columns.index(name) for name in compiled.positiontup]
-            parameters = [tuple(row[i] for i in order) for row in rows]
+            if order != list(range(len(columns))):
+                rows = [tuple(row[i] for i in order) for row in rows]
         else:
-            parameters = [dict(zip(columns, row, strict=True)) for row in rows]
-        connection.exec_driver_sql(str(compiled), parameters)
+            rows = [dict(zip(columns, row, strict=True)) for row in rows]
+        connection.exec_driver_sql(str(compiled), rows)
 
     def _replace(self, connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Insert ``rows``, first deleting the rows with the same (run, key)."""
-        from sqlalchemy import and_, bindparam, delete
-
         if not rows:
             return
         same = and_(table.c.run_uuid == bindparam("run"), table.c.key == bindparam("name"))
         connection.execute(delete(table).where(same), [{"run": r[0], "name": r[1]} for r in rows])
         self._insert(connection, table, columns, rows)
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.write(Writes(tags={run_id: tags}))
 
-def _pairs(run_id: str, entries: dict[str, str], validate) -> list[tuple[str, str, str]]:
-    """(run id, key, value) rows of params or tags, checked and cut to MLflow's limits as
-    its client's ``log_batch`` does (``validate``: MLflow's ``_validate_param`` or
-    ``_validate_tag``; a param value over 6 000 characters, a tag value over 8 000, is cut)."""
-    checked = (validate(key, value) for key, value in entries.items())
-    return [(run_id, entry.key, entry.value) for entry in checked]
+    # The sweep's parent runs and repairs
 
+    def create_run(
+        self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str]
+    ) -> str:
+        """A new RUNNING run with ``tags`` and ``params``, as MLflow's ``create_run`` and
+        ``log_batch`` leave it; returns its id."""
+        (run,) = self.create(experiment_id, [NewRun(name, tags, params, {})])
+        return run.run_id
 
-def end_running(store: SqlAlchemyStore, run_id: str, status: str, end_ms: int) -> bool:
-    """End the run with ``status`` if it is still RUNNING, in one conditional update; False
-    when it was not (another process ended it first), which is then left as it is."""
-    from mlflow.store.tracking.dbmodels.models import SqlRun
-    from sqlalchemy import update
-
-    runs = SqlRun.__table__
-    statement = (
-        update(runs)
-        .where(runs.c.run_uuid == run_id, runs.c.status == Status.RUNNING)
-        .values(status=status, end_time=end_ms)
-    )
-    with store.engine.begin() as connection:
-        return connection.execute(statement).rowcount == 1
-
-
-def read_tables(store: SqlAlchemyStore, experiment_id: str) -> ExperimentTables:
-    """Every active run of the experiment with all its params, tags and metric histories, in
-    four SQL queries (MLflow's client would need one call per run and metric)."""
-    import pandas as pd
-    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlRun, SqlTag
-    from sqlalchemy import select
-
-    active = select(SqlRun.run_uuid).where(
-        SqlRun.experiment_id == int(experiment_id), SqlRun.lifecycle_stage == "active"
-    )
-    runs = select(
-        SqlRun.run_uuid.label("run_id"),
-        SqlRun.name.label("run_name"),
-        SqlRun.status,
-        SqlRun.start_time,
-        SqlRun.end_time,
-    ).where(SqlRun.run_uuid.in_(active))
-
-    def pairs(model: Any):
-        return select(model.run_uuid.label("run_id"), model.key, model.value).where(
-            model.run_uuid.in_(active)
+    def runs(self, experiment_id: str, tags: dict[str, str], status: str | None = None) -> list:
+        """The experiment's active runs that carry ``tags`` (and have ``status``), newest
+        first, as (run id, status, all their tags)."""
+        table = tables.runs.c
+        query = select(table.run_uuid, table.status).where(
+            table.experiment_id == int(experiment_id), table.lifecycle_stage == "active"
         )
+        if status is not None:
+            query = query.where(table.status == status)
+        for key, value in tags.items():
+            mark = tables.tags.alias(f"tag_{len(query.selected_columns)}_{key}")
+            query = query.join(
+                mark,
+                and_(mark.c.run_uuid == table.run_uuid, mark.c.key == key, mark.c.value == value),
+            )
+        query = query.order_by(table.start_time.desc(), table.run_uuid)
+        with self._transaction() as connection:
+            found = connection.execute(query).all()
+            tags_of = self._tags_of(connection, [run_id for run_id, _ in found])
+        return [(run_id, run_status, tags_of.get(run_id, {})) for run_id, run_status in found]
 
-    metrics = select(
-        SqlMetric.run_uuid.label("run_id"),
-        SqlMetric.key,
-        SqlMetric.value,
-        SqlMetric.step,
-        SqlMetric.timestamp,
-        SqlMetric.is_nan,
-    ).where(SqlMetric.run_uuid.in_(active))
-    queries = (runs, pairs(SqlParam), pairs(SqlTag), metrics)
-    with store.engine.connect() as connection:
-        tables = ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
-    nan = tables.metrics.pop("is_nan").astype(bool)  # MLflow stores NaN as 0 with this flag
-    tables.metrics.loc[nan, "value"] = float("nan")
-    return tables
+    @staticmethod
+    def _tags_of(connection, run_ids: list[str]) -> dict[str, dict[str, str]]:
+        table, found = tables.tags.c, {}
+        for start in range(0, len(run_ids), 500):
+            part = run_ids[start : start + 500]
+            query = select(table.run_uuid, table.key, table.value).where(table.run_uuid.in_(part))
+            for run_id, key, value in connection.execute(query):
+                found.setdefault(run_id, {})[key] = value
+        return found
 
+    def grid_runs(self, experiment_id: str) -> list[RunRecord]:
+        """Every active run of the experiment that records a grid point, newest first, with
+        the last value of each of its metrics."""
+        found = self.runs(experiment_id, {})
+        finals: dict[str, dict[str, float]] = {}
+        latest = tables.latest_metrics.c
+        ids = [run_id for run_id, _, tags in found if is_grid_point(tags)]
+        with self._transaction() as connection:
+            for start in range(0, len(ids), 500):
+                query = select(latest.run_uuid, latest.key, latest.value, latest.is_nan).where(
+                    latest.run_uuid.in_(ids[start : start + 500])
+                )
+                for run_id, key, value, is_nan in connection.execute(query):
+                    finals.setdefault(run_id, {})[key] = math.nan if is_nan else value
+        return [
+            RunRecord.of(run_id, status, tags, finals.get(run_id, {}))
+            for run_id, status, tags in found
+            if is_grid_point(tags)
+        ]
 
-def dataset_input_entity(entry: DatasetInput) -> MlflowDatasetInput:
-    """MLflow's dataset input entity for ``entry``, as ``log_inputs`` takes it."""
-    dataset = Dataset(
-        entry.name, entry.digest, entry.source_type, entry.source, profile=entry.profile
-    )
-    return MlflowDatasetInput(dataset, [InputTag(DATASET_CONTEXT, entry.context)])
+    def record(self, run_id: str) -> RunRecord:
+        """The run ``run_id`` as it is now."""
+        table, latest = tables.runs.c, tables.latest_metrics.c
+        with self._transaction() as connection:
+            status = connection.execute(select(table.status).where(table.run_uuid == run_id))
+            status = status.scalar_one()
+            tags = self._tags_of(connection, [run_id]).get(run_id, {})
+            query = select(latest.key, latest.value, latest.is_nan)
+            finals = {
+                key: math.nan if is_nan else value
+                for key, value, is_nan in connection.execute(query.where(latest.run_uuid == run_id))
+            }
+        return RunRecord.of(run_id, status, tags, finals)
+
+    def swap_tag(self, run_id: str, key: str, seen: str, new: str) -> bool:
+        """Set the run's tag ``key`` to ``new`` only if it is still ``seen`` ("": absent), in
+        one conditional statement; False when another process changed it first."""
+        table = tables.tags
+        if seen:
+            where = (table.c.run_uuid == run_id, table.c.key == key, table.c.value == seen)
+            with self._transaction() as connection:
+                changed = connection.execute(update(table).where(*where).values(value=new))
+                return changed.rowcount == 1
+        try:
+            with self._transaction() as connection:
+                connection.execute(insert(table).values(run_uuid=run_id, key=key, value=new))
+        except IntegrityError:
+            return False
+        return True
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """The run's status, its end time left as it is (MLflow's ``update_run``)."""
+        statement = update(tables.runs).where(tables.runs.c.run_uuid == run_id)
+        with self._transaction() as connection:
+            connection.execute(statement.values(status=status))
+
+    def end_if_running(self, run_id: str, status: str, why: str) -> bool:
+        """End the run with ``status`` and the error tag ``why`` if it is still RUNNING, in
+        one conditional update; False when it was not (another process ended it first),
+        which is then left as it is."""
+        runs = tables.runs
+        statement = (
+            update(runs)
+            .where(runs.c.run_uuid == run_id, runs.c.status == Status.RUNNING)
+            .values(status=status, end_time=now_ms())
+        )
+        with self._transaction() as connection:
+            ended = connection.execute(statement).rowcount == 1
+        if ended:
+            self.set_tags(run_id, {Tag.ERROR: why})
+        return ended
+
+    # Reading a study
+
+    def read_tables(self, experiment_id: str) -> ExperimentTables:
+        """Every active run of the experiment with all its params, tags and metric
+        histories, in four SQL queries (MLflow's client would need one call per run and
+        metric)."""
+        import pandas as pd
+
+        runs = tables.runs.c
+        active = select(runs.run_uuid).where(
+            runs.experiment_id == int(experiment_id), runs.lifecycle_stage == "active"
+        )
+        info = select(
+            runs.run_uuid.label("run_id"),
+            runs.name.label("run_name"),
+            runs.status,
+            runs.start_time,
+            runs.end_time,
+        ).where(runs.run_uuid.in_(active))
+
+        def pairs(table):
+            return select(table.c.run_uuid.label("run_id"), table.c.key, table.c.value).where(
+                table.c.run_uuid.in_(active)
+            )
+
+        metric = tables.metrics.c
+        points = select(
+            metric.run_uuid.label("run_id"),
+            metric.key,
+            metric.value,
+            metric.step,
+            metric.timestamp,
+            metric.is_nan,
+        ).where(metric.run_uuid.in_(active))
+        queries = (info, pairs(tables.params), pairs(tables.tags), points)
+        with self.engine.connect() as connection:
+            found = ExperimentTables(*(pd.read_sql(query, connection) for query in queries))
+        nan = found.metrics.pop("is_nan").astype(bool)  # NaN is stored as 0 with this flag
+        found.metrics.loc[nan, "value"] = float("nan")
+        return found
