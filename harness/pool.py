@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from harness.stopping import interrupt_once
 
 STOP_GRACE_SECONDS = 60.0  # how long stopping workers may take to record their runs KILLED
+TRACKER_WAIT_SECONDS = 2.0  # how long a sweep's exit waits for the resource tracker to end
 
 
 class Work(Protocol):
@@ -105,12 +106,15 @@ def start_server(preload: list[str] | None = None) -> None:
     atexit.register(_at_exit)
 
 
-def stop_server() -> None:
-    """Stop the fork server and multiprocessing's resource tracker, waiting for both, so that
-    no process of the sweep outlives it. The server is idle by now (every worker has been
-    reaped) and holds nothing to save, so it is killed: its own exit, with torch loaded,
-    would take about a second. (Python keeps both processes' ids in private attributes of
-    its ``forkserver`` and ``resource_tracker`` modules, the same in 3.11 to 3.13.)"""
+def stop_server(tracker_wait: float = TRACKER_WAIT_SECONDS) -> None:
+    """Stop the fork server and multiprocessing's resource tracker, so that no process of the
+    sweep outlives it. The server is idle by now (every worker has been reaped) and holds
+    nothing to save, so it is killed: its own exit, with torch loaded, would take about a
+    second. The tracker ends once every process that holds its pipe has closed it: it is
+    waited for ``tracker_wait`` seconds at most (a writer orphaned by a killed worker may
+    hold the pipe while it finishes its writes). (Python keeps both processes' ids in
+    private attributes of its ``forkserver`` and ``resource_tracker`` modules, the same in
+    3.11 to 3.13.)"""
     server = multiprocessing.forkserver._forkserver
     pid, alive = server._forkserver_pid, server._forkserver_alive_fd
     if pid is not None:
@@ -118,7 +122,15 @@ def stop_server() -> None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(alive)
-    multiprocessing.resource_tracker._resource_tracker._stop()
+    tracker = multiprocessing.resource_tracker._resource_tracker
+    pid, pipe = tracker._pid, tracker._fd
+    if pid is None:
+        return
+    tracker._pid = tracker._fd = None
+    os.close(pipe)
+    deadline = time.monotonic() + tracker_wait
+    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _at_exit() -> None:

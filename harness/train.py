@@ -162,7 +162,8 @@ main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="
 
 
 if __name__ == "__main__":
+    from harness.exits import run_and_exit
     from harness.sweep.settings import start_workers_early
 
     start_workers_early(sys.argv[1:])
-    main()
+    run_and_exit(main)

@@ -328,3 +328,25 @@ def test_the_tables_the_harness_writes_are_mlflows():
         assert {c.name for c in table.columns} <= {c.name for c in theirs[name].columns}, name
         ours_key = {c.name for c in table.primary_key.columns}
         assert ours_key == {c.name for c in theirs[name].primary_key.columns}, name
+
+
+def test_long_values_are_refused_where_mlflow_is_told_not_to_cut_them(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_param
+
+    from harness.records.backends import rules
+
+    monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", "false")
+    with pytest.raises(MlflowException):
+        _validate_param("p", "v" * 6001)
+    with pytest.raises(rules.Refused):
+        rules.param("p", "v" * 6001)
+    assert rules.param("p", "v" * 6000) == ("p", "v" * 6000)
+
+
+def test_a_file_that_is_no_database_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "mlflow.db"
+    path.write_text("not a database")
+    with pytest.raises(ConfigError, match="cannot open it") as raised:
+        records.Ledger(f"sqlite:///{path}", "runs")
+    assert raised.value.key == "tracking.uri"

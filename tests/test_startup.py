@@ -69,3 +69,10 @@ def test_a_sweep_on_sqlite_never_imports_mlflow_and_leaves_no_process(tmp_path):
     assert processes_with(mark) == []
     points = [run for run in runs_in(uri, "smoke") if "role" not in run.data.tags]
     assert len(points) == 8 and {run.info.status for run in points} == {"FINISHED"}
+
+
+def test_an_exit_status_is_what_python_would_give(capsys):
+    from harness.exits import status_of
+
+    assert (status_of(None), status_of(0), status_of(2)) == (0, 0, 2)
+    assert status_of("stopped") == 1 and capsys.readouterr().err == "stopped\n"

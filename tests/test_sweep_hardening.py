@@ -17,7 +17,6 @@ import pytest
 from conftest import ROOT, runs_in
 from test_sweep import (
     assert_complete,
-    finished_points,
     points_and_parents,
     process_group_is_gone,
     running_worker_pids,

@@ -22,9 +22,9 @@ def open_backend(uri: str, bulk: bool = True):
     """The backend of the store at ``uri`` (``bulk=False``: MLflow's client even where SQL
     would do), after refusing a database the installed MLflow cannot open; any failure to
     open the store is a ConfigError."""
-    if is_database(uri):
-        opening.check_schema(uri)
     try:
+        if is_database(uri):
+            opening.check_schema(uri)
         return opening.open_backend(uri, bulk)
     except ConfigError:
         raise

@@ -18,15 +18,12 @@ FLUSH_SECONDS = 10.0  # curves of runs still training are written at most this o
 class _OpenRun:
     run_id: str
     start_ms: int
-    artifact_uri: str
-    config: dict  # the resolved config, saved as an artifact by ``save_configs``
     pending: list[Series] = field(default_factory=list)  # curves not written yet
 
 
 class Recorder:
     """Performs the MLflow writes of runs named by handles the caller chooses, many runs at a
-    time: runs are created with their params, tags and dataset inputs, their config artifacts
-    saved, then
+    time: runs are created with their params, tags, dataset inputs and config artifact, then
     their curves are held until they end (or every ``flush_seconds`` while they train, so long
     runs show their curves live) and written with the end-of-run metrics, tags and status. On
     a database store of a verified schema each step is one transaction for all the runs
@@ -49,19 +46,27 @@ class Recorder:
         claim: Claim | None = None,
     ) -> list[Held | None]:
         """Create the runs (with a ``claim``: as claims on their grid points, see
-        ``backends.holders``); returns, per run, None where it was created, else the
-        ``Held`` of the run that holds its point."""
+        ``backends.holders``) and save their configs as their ``config.yaml`` artifacts;
+        returns, per run, None where it was created, else the ``Held`` of the run that holds
+        its point. Runs whose configs could not be saved are ended FAILED before the error is
+        raised."""
         outcome = self.backend.create(experiment_id, new_runs, claim)
-        for handle, new, run in zip(handles, new_runs, outcome, strict=True):
-            if isinstance(run, CreatedRun):
-                self.runs[handle] = _OpenRun(run.run_id, run.start_ms, run.artifact_uri, new.config)
+        created = [
+            (handle, new, run)
+            for handle, new, run in zip(handles, new_runs, outcome, strict=True)
+            if isinstance(run, CreatedRun)
+        ]
+        for handle, _, run in created:
+            self.runs[handle] = _OpenRun(run.run_id, run.start_ms)
+        try:
+            self.backend.save_configs(
+                [(run.artifact_uri, yaml_text(new.config)) for _, new, run in created]
+            )
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            self.fail([handle for handle, _, _ in created], Status.FAILED, message, message)
+            raise
         return [run if isinstance(run, Held) else None for run in outcome]
-
-    def save_configs(self, handles: list[str]) -> None:
-        """Save the created runs' configs as their ``config.yaml`` artifacts (a writer does
-        it while the runs train; a failure ends them FAILED at their finish)."""
-        runs = [self.runs[handle] for handle in handles if handle in self.runs]
-        self.backend.save_configs([(run.artifact_uri, yaml_text(run.config)) for run in runs])
 
     def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus

@@ -78,9 +78,8 @@ class Store:
     ) -> list[str | Held]:
         """Queue the creation of the runs (RUNNING) with their params, tags (besides the
         fingerprint, this process as their owner, versions, commit and source), the dataset
-        ``inputs`` they all saw and their config artifacts (saved while they train; a run
-        whose config could not be saved ends FAILED); returns the handles that name them in
-        the other calls. With a ``claim``, each run is a claim on its grid point, made
+        ``inputs`` they all saw and their config artifacts; returns the handles that name
+        them in the other calls. With a ``claim``, each run is a claim on its grid point, made
         before this returns: a point another run holds (``backends.holders``) gets that
         run's ``Held`` instead of a handle."""
         common = {Tag.OWNER: self.owner, **environment_tags(), **source_tags(self.source)}
@@ -97,12 +96,9 @@ class Store:
         handles = [uuid.uuid4().hex for _ in runs]
         if claim is None:
             self._call("start", handles, self.experiment_id, runs)
-            self._call("save_configs", handles)
             return handles
         held = self._reply("start", handles, self.experiment_id, runs, claim)
-        started = [h if holder is None else holder for h, holder in zip(handles, held, strict=True)]
-        self._call("save_configs", [h for h in started if isinstance(h, str)])
-        return started
+        return [h if holder is None else holder for h, holder in zip(handles, held, strict=True)]
 
     def log_curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Queue chunks of curves ``{metric: (steps, values)}``, one per run."""

@@ -1,3 +1,4 @@
+from harness.exits import run_and_exit
 from harness.sweep.cli import main
 
-main()
+run_and_exit(main)

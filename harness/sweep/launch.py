@@ -351,6 +351,7 @@ def launch(
     session.points += points
     session.outcomes.update({offset + i: o for i, o in outcomes.items()})
     close(session, ledger, parent, study, interrupted, last_report)
+    ledger.close()
     if interrupted:
         raise SystemExit(EXIT_INTERRUPTED)
     return [job_return(p, outcomes[i]) for i, p in enumerate(points)]

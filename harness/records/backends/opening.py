@@ -33,8 +33,12 @@ DOWN_REVISION = re.compile(r"""^down_revision\s*=\s*["']([0-9a-f]+)["']""", re.M
 
 @functools.cache
 def mlflow_version() -> str:
-    """The installed MLflow's version, from its package metadata (no import)."""
-    return importlib.metadata.version("mlflow")
+    """The installed MLflow's version, from its package metadata (no import): ``mlflow``'s,
+    or ``mlflow-skinny``'s where only that is installed."""
+    try:
+        return importlib.metadata.version("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.metadata.version("mlflow-skinny")
 
 
 def _migrations() -> Path:

@@ -8,6 +8,7 @@ source have limits of their own. ``tests/test_records_sql.py`` holds these again
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 
@@ -36,14 +37,24 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def _cut(kind: str, value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, or Refused where MLflow is told not to cut
+    (``MLFLOW_TRUNCATE_LONG_VALUES`` false)."""
+    if len(value) <= limit:
+        return value
+    if os.environ.get("MLFLOW_TRUNCATE_LONG_VALUES", "true").lower() not in ("true", "1"):
+        raise Refused(f"{kind} value is longer than {limit} characters")
+    return value[:limit]
+
+
 def param(key: str, value: str) -> tuple[str, str]:
     """A param as MLflow stores it: the name checked, the value cut to 6 000 characters."""
-    return check_name("param", key), value[:MAX_PARAM_VALUE]
+    return check_name("param", key), _cut("param", value, MAX_PARAM_VALUE)
 
 
 def tag(key: str, value: str) -> tuple[str, str]:
     """A tag as MLflow stores it: the name checked, the value cut to 8 000 characters."""
-    return check_name("tag", key), value[:MAX_TAG_VALUE]
+    return check_name("tag", key), _cut("tag", value, MAX_TAG_VALUE)
 
 
 def dataset_input(entry: DatasetInput) -> None:

@@ -100,6 +100,18 @@ def default_artifact_root() -> str:
     return os.path.abspath("mlruns")
 
 
+def engine_for(uri: str) -> sqlalchemy.Engine:
+    """The engine of a database store: for sqlite a plain one (whose pooled connection is
+    checked before each use); for a database server MLflow's own, with its connection
+    settings (``MLFLOW_SQLALCHEMYSTORE_*`` pools, ``MLFLOW_MYSQL_SSL_*``, checked
+    connections), worth its import where a connection may have gone idle for hours."""
+    if uri.startswith("sqlite"):
+        return sqlalchemy.create_engine(uri, pool_pre_ping=True)
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+
+    return create_sqlalchemy_engine(uri)
+
+
 def local_path(artifact_uri: str) -> Path | None:
     """The folder of a local artifact URI (``file://...`` or a plain path), else None."""
     parsed = urlparse(artifact_uri)
@@ -173,7 +185,7 @@ class Database:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.engine = sqlalchemy.create_engine(uri)
+        self.engine = engine_for(uri)
         self.artifact_roots: dict[str, str] = {}
 
     def close(self) -> None:
@@ -199,13 +211,15 @@ class Database:
         found = self.find_experiment(name)
         if found is None:
             try:
-                found = str(self._create_experiment(name, location))
+                return str(self._create_experiment(name, location))
             except IntegrityError:  # another process created it first
                 found = self.find_experiment(name)
         self.set_experiment_tag(found, KIND_TAG, KIND_TRAINING)
         return found
 
     def _create_experiment(self, name: str, location: str | None) -> int:
+        """A new experiment and its kind tag, in one transaction (as MLflow's
+        ``create_experiment``)."""
         stamp = now_ms()
         row = {
             "name": name,
@@ -222,6 +236,8 @@ class Database:
                 where_to = f"{default_artifact_root()}/{number}"
                 statement = update(tables.experiments).where(where)
                 connection.execute(statement.values(artifact_location=where_to))
+            tag = {"key": KIND_TAG, "value": KIND_TRAINING, "experiment_id": number}
+            connection.execute(insert(tables.experiment_tags).values(**tag))
         return number
 
     def find_experiment(self, name: str) -> str | None:
@@ -233,14 +249,20 @@ class Database:
         return None if found is None else str(found)
 
     def set_experiment_tag(self, experiment_id: int | str, key: str, value: str) -> None:
+        """Set the tag unless it is set (another process setting it at the same moment
+        sets the same value)."""
         table = tables.experiment_tags
         where = (table.c.experiment_id == int(experiment_id), table.c.key == key)
         with self._transaction() as connection:
             if connection.execute(select(table.c.value).where(*where)).scalar() == value:
                 return
-            connection.execute(delete(table).where(*where))
-            row = {"key": key, "value": value, "experiment_id": int(experiment_id)}
-            connection.execute(insert(table).values(**row))
+        row = {"key": key, "value": value, "experiment_id": int(experiment_id)}
+        try:
+            with self._transaction() as connection:
+                connection.execute(delete(table).where(*where))
+                connection.execute(insert(table).values(**row))
+        except IntegrityError:  # another process inserted it between the two
+            return
 
     def _artifact_root(self, experiment_id: str) -> str:
         """The experiment's artifact location; refuses a deleted experiment."""
