@@ -35,6 +35,10 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
+    def __reduce__(self):
+        """Pickled whole (notes too), for another process to raise."""
+        return type(self), (self.key, self.value, self.allowed), self.__dict__
+
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:

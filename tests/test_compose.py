@@ -283,3 +283,23 @@ def test_a_sweep_validates_each_point_as_it_is_composed():
             compose_points(grid, 0, composer, Timing())
     assert refused.value.__notes__ == ["in grid point #1: optimizer.lr=-1"]
     assert CountingComposer.made == 2
+
+
+def test_a_large_grid_composed_in_two_processes_is_the_same_grid():
+    """With ``split`` a forked copy composes the second half: the same points in the same
+    order, and a bad point there is raised as it would be in one process."""
+    grid = [[f"optimizer={('sgd', 'adam')[s % 2]}", f"seed={s}"] for s in range(80)]
+    with hydra_loader() as loader:
+        composer = Composer(loader, master_config(loader))
+        alone = compose_points(grid, 0, composer, Timing())
+        timing = Timing()
+        halves = compose_points(grid, 0, composer, timing, split=True)
+        assert [(p.index, p.name, p.fingerprint, p.config_yaml) for p in halves] == [
+            (p.index, p.name, p.fingerprint, p.config_yaml) for p in alone
+        ]
+        assert [p.spec for p in halves] == [p.spec for p in alone]
+        assert timing.compose > 0 and timing.validate > 0
+        bad = grid[:70] + [["optimizer=sgd", "optimizer.lr=-1"]] + grid[70:]
+        with pytest.raises(ConfigError, match="optimizer.lr=-1.0") as refused:
+            compose_points(bad, 0, composer, Timing(), split=True)
+    assert refused.value.__notes__ == ["in grid point #70: optimizer=sgd optimizer.lr=-1"]

@@ -254,9 +254,7 @@ def test_a_new_store_is_made_from_the_shipped_schema_as_mlflows_migrations_make_
     shipped = opening.SCHEMAS / f"{_get_latest_schema_revision()}.sql"
     assert statements(shipped.read_text()) == statements(opening.schema_script(reference))
     opening.create_if_missing(f"sqlite:///{ours}")
-    assert statements(opening.schema_script(ours)) == statements(
-        opening.schema_script(reference)
-    )
+    assert statements(opening.schema_script(ours)) == statements(opening.schema_script(reference))
 
     def experiments(path):
         with sqlite3.connect(path) as connection:

@@ -196,9 +196,11 @@ def prepare(
     hydra_context,
     settings: LauncherSettings,
     timing: Timing,
+    split: bool = False,
 ) -> tuple[list[Point], records.Ledger]:
-    """Check the settings, compose and validate the grid and open its experiment; returns the
-    points and the ledger; raises ConfigError."""
+    """Check the settings, compose and validate the grid (``split``: a large one in two
+    processes at once, see ``compose_points``) and open its experiment; returns the points
+    and the ledger; raises ConfigError."""
     executors.check(settings)
     if len(job_overrides) > settings.max_points:
         allowed = (
@@ -207,7 +209,7 @@ def prepare(
         )
         raise ConfigError("grid", f"{len(job_overrides)} points", allowed)
     composer = compose.Composer(hydra_context.config_loader, root)
-    points = compose_points(job_overrides, initial_job_idx, composer, timing)
+    points = compose_points(job_overrides, initial_job_idx, composer, timing, split)
     for tags in {json.dumps(p.spec.tracking.tags, sort_keys=True) for p in points}:
         records.check_tags(json.loads(tags))
     target = points[0].spec.tracking
@@ -287,8 +289,9 @@ def launch(
     pool.start_server(WORKER_MODULES)  # gets ready while the grid is composed
     composing = timing.compose + timing.validate
     try:
+        first = not session.points  # nothing computed with torch here yet
         points, ledger = prepare(
-            job_overrides, initial_job_idx, root, hydra_context, settings, timing
+            job_overrides, initial_job_idx, root, hydra_context, settings, timing, first
         )
         kind, slurm, ray = settings.executor, settings.slurm, settings.ray
         planned_ms = int(1000 * time.time())

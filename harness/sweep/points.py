@@ -4,11 +4,17 @@ groups, see ``harness.compose``), validated (spec, data, optimizer, device) and 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
+import torch
 from omegaconf import OmegaConf
 
 from harness import compose, config, devices, train
@@ -86,15 +92,48 @@ class Checker:
         return self.problems[key].model.alone_because, metric
 
 
+SPLIT_AT = 64  # points: a grid this large is composed in two processes at once
+
+
 def compose_points(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
     composer: compose.Composer,
     timing: Timing,
+    split: bool = False,
 ) -> list[Point]:
     """Compose and validate the jobs one at a time (a point keeps its spec and its config's
-    text, not the composed config); raises ConfigError naming the first bad point."""
-    checker, points, axes = Checker(), [], varying_keys(job_overrides)
+    text, not the composed config); raises ConfigError naming the first bad point. With
+    ``split``, a grid of ``SPLIT_AT`` points or more on a machine of several cores is
+    composed in two halves at once: the second by a forked copy of this process (``split``
+    only where this process has not computed with torch yet, whose thread pool a fork
+    would break). ``timing`` gets this process's wall times: its own, and its wait for the
+    copy, shared as the copy spent its time."""
+    axes = varying_keys(job_overrides)
+    if split and len(job_overrides) >= SPLIT_AT and hasattr(os, "fork") and cores() > 1:
+        points = _in_two(job_overrides, initial_job_idx, composer, timing, axes)
+    else:
+        points = _compose(job_overrides, initial_job_idx, composer, timing, axes)
+    targets = {(p.spec.tracking.uri, p.spec.tracking.experiment) for p in points}
+    if len(targets) > 1:
+        raise ConfigError(
+            "tracking.experiment", sorted(map(str, targets)), "a sweep writes to one experiment"
+        )
+    return points
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def _compose(
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    composer: compose.Composer,
+    timing: Timing,
+    axes: set[str],
+) -> list[Point]:
+    checker, points = Checker(), []
     for offset, overrides in enumerate(job_overrides):
         started = time.perf_counter()
         job = composer.job(initial_job_idx + offset, overrides)
@@ -123,9 +162,67 @@ def compose_points(
             )
         )
         timing.validate += time.perf_counter() - checked
-    targets = {(p.spec.tracking.uri, p.spec.tracking.experiment) for p in points}
-    if len(targets) > 1:
-        raise ConfigError(
-            "tracking.experiment", sorted(map(str, targets)), "a sweep writes to one experiment"
-        )
     return points
+
+
+def _in_two(
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    composer: compose.Composer,
+    timing: Timing,
+    axes: set[str],
+) -> list[Point]:
+    """The first half composed here while a forked copy composes the second and sends its
+    points back (pickled, through a pipe); the first bad point is raised, whichever half
+    holds it. A copy that dies leaves its half to this process."""
+    half = len(job_overrides) // 2
+    rest = (job_overrides[half:], initial_job_idx + half, composer, axes)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(reader)
+        _compose_and_send(writer, *rest)
+    os.close(writer)
+    try:
+        first = _compose(job_overrides[:half], initial_job_idx, composer, timing, axes)
+    except BaseException:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(reader)
+        raise
+    waiting = time.perf_counter()
+    with os.fdopen(reader, "rb") as pipe:
+        try:
+            kind, found, spent = pickle.load(pipe)
+        except EOFError:
+            kind = "lost"
+    os.waitpid(child, 0)
+    if kind == "lost":
+        return first + _compose(*rest[:3], timing, axes)
+    waited = time.perf_counter() - waiting  # shared as the copy spent its own time
+    share = spent.compose / max(spent.compose + spent.validate, 1e-9)
+    timing.compose += share * waited
+    timing.validate += (1 - share) * waited
+    if kind == "refused":
+        raise found
+    return first + found
+
+
+def _compose_and_send(writer: int, job_overrides, initial_job_idx, composer, axes) -> NoReturn:
+    """The forked copy's part: compose and validate, send (kind, points or the refusal,
+    times) and end, running none of the parent's exit handlers."""
+    status = 1
+    try:
+        torch.set_num_threads(1)  # the parent's thread pool does not survive a fork
+        spent = Timing()
+        try:
+            result = ("points", _compose(job_overrides, initial_job_idx, composer, spent, axes))
+        except ConfigError as error:
+            result = ("refused", error)
+        with os.fdopen(writer, "wb") as pipe:
+            pickle.dump((*result, spent), pipe)
+        status = 0
+    finally:
+        os._exit(status)
