@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from harness import compose, config, devices, train
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
+from harness.executors import cpu_cores
 from harness.problem import Problem
 from harness.sweep.summary import Timing
 
@@ -110,7 +111,7 @@ def compose_points(
     would break). ``timing`` gets this process's wall times: its own, and its wait for the
     copy, shared as the copy spent its time."""
     axes = varying_keys(job_overrides)
-    if split and len(job_overrides) >= SPLIT_AT and hasattr(os, "fork") and cores() > 1:
+    if split and len(job_overrides) >= SPLIT_AT and hasattr(os, "fork") and cpu_cores() > 1:
         points = _in_two(job_overrides, initial_job_idx, composer, timing, axes)
     else:
         points = _compose(job_overrides, initial_job_idx, composer, timing, axes)
@@ -122,10 +123,6 @@ def compose_points(
     return points
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-
-
 def _compose(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
@@ -133,6 +130,7 @@ def _compose(
     timing: Timing,
     axes: set[str],
 ) -> list[Point]:
+    """The jobs composed and validated in this process, in order."""
     checker, points = Checker(), []
     for offset, overrides in enumerate(job_overrides):
         started = time.perf_counter()
