@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, runs_in
 
-from harness.sweep import cli, launch
+from harness.sweep import cli, settings
 
 SMOKE_POINTS = 8  # experiments/smoke.yaml: 4 optimizers x 2 seeds
 
@@ -207,7 +207,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, store_uri, sign
     before = {r.info.run_id for r in points if r.info.status == "FINISHED"}
     assert 3 <= len(before) < 24
     if signal_name == "SIGINT":  # stopped cleanly: summary, nothing RUNNING
-        assert process.returncode == launch.EXIT_INTERRUPTED
+        assert process.returncode == settings.EXIT_INTERRUPTED
         assert "| outcome | runs |" in out and "| not_run |" in out
         assert not [r for r in points + parents if r.info.status == "RUNNING"]
         assert [p.info.status for p in parents] == ["KILLED"]
@@ -239,7 +239,7 @@ def test_ctrl_c_stops_a_sweep_whose_own_process_ignores_sigint(tmp_path, store_u
     wait_for(lambda: finished_points(store_uri) >= 2)
     os.killpg(process.pid, signal.SIGINT)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == launch.EXIT_INTERRUPTED, out
+    assert process.returncode == settings.EXIT_INTERRUPTED, out
     assert "| not_run |" in out
     points, parents = points_and_parents(store_uri)
     assert len(points) < 24 and not [r for r in points if r.info.status == "RUNNING"]

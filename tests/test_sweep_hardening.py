@@ -24,7 +24,7 @@ from test_sweep import (
     wait_for,
 )
 
-from harness.sweep import launch
+from harness.sweep import settings
 
 GRID = ["seed=range(6)", "trainer.steps=3000", "hydra.launcher.max_cohort=2"]  # 24 points
 
@@ -68,7 +68,7 @@ def test_a_killed_tracking_writer_fails_its_cohort_and_the_sweep_finishes(tmp_pa
     for writer in writer_pids(worker):
         os.kill(writer, signal.SIGKILL)
     out, _ = process.communicate(timeout=300)
-    assert process.returncode == launch.EXIT_FAILED, out
+    assert process.returncode == settings.EXIT_FAILED, out
     assert "| failed | 2 |" in out and "| finished | 6 |" in out
     points, (parent,) = points_and_parents(store_uri)
     assert collections.Counter(r.info.status for r in points) == {"FINISHED": 6, "FAILED": 2}
@@ -94,7 +94,7 @@ def test_sigterm_to_the_process_group_records_killed_runs_and_exits_130(tmp_path
     ]
     command = ["timeout", "--preserve-status", "-s", "TERM", "25", *sweep]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == launch.EXIT_INTERRUPTED, done.stdout + done.stderr
+    assert done.returncode == settings.EXIT_INTERRUPTED, done.stdout + done.stderr
     points, (parent,) = points_and_parents(store_uri)
     statuses = collections.Counter(r.info.status for r in points)
     assert statuses["KILLED"] > 0 and "FAILED" not in statuses and "RUNNING" not in statuses
@@ -111,7 +111,7 @@ def test_ctrl_c_twice_still_ends_with_the_summary_and_exit_130(tmp_path, store_u
     time.sleep(0.3)
     os.killpg(process.pid, signal.SIGINT)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == launch.EXIT_INTERRUPTED, out
+    assert process.returncode == settings.EXIT_INTERRUPTED, out
     assert "| killed |" in out
     points, parents = points_and_parents(store_uri)
     assert not [r for r in points + parents if r.info.status == "RUNNING"]
