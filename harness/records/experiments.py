@@ -23,9 +23,8 @@ def open_backend(uri: str, bulk: bool = True):
     would do), after refusing a database the installed MLflow cannot open; any failure to
     open the store is a ConfigError."""
     try:
-        if is_database(uri):
-            opening.check_schema(uri)
-        return opening.open_backend(uri, bulk)
+        revision = opening.check_schema(uri) if is_database(uri) else None
+        return opening.open_backend(uri, bulk, revision)
     except ConfigError:
         raise
     except Exception as error:

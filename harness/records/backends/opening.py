@@ -223,20 +223,22 @@ def unverified_note() -> str | None:
     )
 
 
-def direct(uri: str, bulk: bool = True) -> bool:
-    """Whether the store at ``uri`` (checked, see ``check_schema``) is written and read with
-    SQL: a database whose schema the direct writes were verified on, where the installed
-    MLflow expects that schema too (else MLflow's client upgrades or refuses it)."""
+def direct(uri: str, bulk: bool = True, revision: str | None = None) -> bool:
+    """Whether the store at ``uri`` (checked, see ``check_schema``, which gives its
+    ``revision``; read here when None) is written and read with SQL: a database whose
+    schema the direct writes were verified on, where the installed MLflow expects that
+    schema too (else MLflow's client upgrades or refuses it)."""
     if not (bulk and is_database(uri)):
         return False
-    found = revision_at(uri)
+    found = revision or revision_at(uri)
     return found in VERIFIED and found == head_revision()
 
 
-def open_backend(uri: str, bulk: bool = True):
-    """The backend of the checked store at ``uri``: ``sql.Database`` where ``direct``, else
-    ``client.Client`` (MLflow's client: servers, other schemas, or ``bulk=False``)."""
-    if direct(uri, bulk):
+def open_backend(uri: str, bulk: bool = True, revision: str | None = None):
+    """The backend of the checked store at ``uri`` (of schema ``revision``, if known):
+    ``sql.Database`` where ``direct``, else ``client.Client`` (MLflow's client: servers,
+    other schemas, or ``bulk=False``)."""
+    if direct(uri, bulk, revision):
         from harness.records.backends.sql import Database
 
         return Database(uri)

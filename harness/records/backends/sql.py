@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import os
 import time
 import uuid
@@ -32,9 +31,9 @@ from harness.records.backends import (
     CreatedRun,
     Held,
     NewRun,
-    Series,
     Writes,
     holders,
+    rows,
     rules,
     tables,
 )
@@ -42,7 +41,6 @@ from harness.records.schema import (
     DATASET_CONTEXT,
     KIND_TAG,
     KIND_TRAINING,
-    DatasetInput,
     ExperimentTables,
     RunRecord,
     Status,
@@ -56,7 +54,6 @@ RUNS_PER_INSERT = 25  # runs whose metric rows are built and inserted at a time 
 DATASET_TRIES = 3  # inserts of a dataset that another writer may be inserting at once
 DEFAULT_WORKSPACE = "default"
 CONFIG_FILE = "config.yaml"  # a run's resolved config, among its artifacts
-MAX_FLOAT = 1.7976931348623157e308  # MLflow stores an infinity as the largest float
 RUN_COLUMNS = (
     "run_uuid",
     "name",
@@ -86,8 +83,6 @@ DATASET_COLUMNS = (
 INPUT_COLUMNS = ("input_uuid", "source_type", "source_id", "destination_type", "destination_id")
 METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
 PAIR_COLUMNS = ("run_uuid", "key", "value")
-TABLE_KEY = operator.itemgetter(1, 3, 4, 0)  # a metric row's order in the table's primary key
-LATEST_ORDER = operator.itemgetter(4, 3, 2)  # which of a run's metric rows is its latest
 
 
 def now_ms() -> int:
@@ -118,60 +113,6 @@ def local_path(artifact_uri: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     return Path(artifact_uri) if parsed.scheme == "" else None
-
-
-def sanitized(value: float) -> tuple[bool, float]:
-    """(is_nan, value) as MLflow stores a metric value: NaN as 0 with the flag set,
-    infinities as the largest floats."""
-    if math.isnan(value):
-        return True, 0.0
-    if math.isinf(value):
-        return False, MAX_FLOAT if value > 0 else -MAX_FLOAT
-    return False, value
-
-
-def _first_of_each(inputs: list[DatasetInput]) -> dict[tuple[str, str], DatasetInput]:
-    """The first input of each (name, digest), by that key: the one MLflow's ``log_inputs``
-    keeps."""
-    first: dict[tuple[str, str], DatasetInput] = {}
-    for entry in inputs:
-        first.setdefault((entry.name, entry.digest), entry)
-    return first
-
-
-def _pairs(run_id: str, entries: dict[str, str], rule) -> list[tuple[str, str, str]]:
-    """(run id, key, value) rows of params or tags under MLflow's ``rule`` (``rules.param``
-    or ``rules.tag``: names checked, long values cut)."""
-    return [(run_id, *rule(key, value)) for key, value in entries.items()]
-
-
-def _in_table_order(key: str, series: list[tuple]) -> list[tuple]:
-    """The rows of one metric's ``series`` (run, steps, stamps, values, flags; runs in
-    order), each once, in the order of the metrics table's key (timestamp, step, run). The
-    usual cohort needs no sort: one series per run, all at the same steps and timestamps
-    without repeats, so the rows are the steps in order, each across the runs."""
-    _, steps, stamps, _, _ = series[0]
-    shared = all(s[1] == steps and s[2] == stamps for s in series)
-    if shared and len({s[0] for s in series}) == len(series) and len(set(steps)) == len(steps):
-        order = sorted(range(len(steps)), key=lambda i: (stamps[i], steps[i]))
-        runs = [s[0] for s in series]
-        columns = [(s[3], s[4]) for s in series]
-        rows = []
-        for i in order:
-            stamp, step = stamps[i], steps[i]
-            rows += [
-                (run, key, v[i], stamp, step, f[i])
-                for run, (v, f) in zip(runs, columns, strict=True)
-            ]
-        return rows
-    every = (
-        row
-        for run, steps, stamps, values, flags in series
-        for row in zip(
-            [run] * len(steps), [key] * len(steps), values, stamps, steps, flags, strict=True
-        )
-    )
-    return sorted(dict.fromkeys(every), key=TABLE_KEY)
 
 
 class Database:
@@ -303,12 +244,12 @@ class Database:
             ]
             pairs = zip(outcome, new_runs, strict=True)
             chosen = [(run, new) for run, new in pairs if isinstance(run, CreatedRun)]
-            rows, params, tags = [], [], []
+            run_rows, params, tags = [], [], []
             for run, new in chosen:
-                rows.append(self._run_row(run, new, experiment_id))
-                params += _pairs(run.run_id, new.params, rules.param)
-                tags += _pairs(run.run_id, {Tag.RUN_NAME: new.name, **new.tags}, rules.tag)
-            self._insert(connection, tables.runs, RUN_COLUMNS, rows)
+                run_rows.append(self._run_row(run, new, experiment_id))
+                params += rows.pairs(run.run_id, new.params, rules.param)
+                tags += rows.pairs(run.run_id, {Tag.RUN_NAME: new.name, **new.tags}, rules.tag)
+            self._insert(connection, tables.runs, RUN_COLUMNS, run_rows)
             self._insert(connection, tables.params, PAIR_COLUMNS, params)
             self._insert(connection, tables.tags, PAIR_COLUMNS, tags)
             self._link_inputs(connection, datasets, [(r.run_id, n.inputs) for r, n in chosen])
@@ -372,7 +313,7 @@ class Database:
         so this is a transaction of its own: when another writer inserts the same dataset
         between its read and its insert, the insert fails on the table's key and is tried
         again, then finding that writer's row."""
-        wanted = _first_of_each([entry for new in new_runs for entry in new.inputs])
+        wanted = rows.first_of_each([entry for new in new_runs for entry in new.inputs])
         if not wanted:
             return {}
         for entry in wanted.values():
@@ -390,7 +331,7 @@ class Database:
         uuids = self._dataset_uuids(connection, experiment_id, wanted)
         new = [key for key in wanted if key not in uuids]
         uuids.update({key: uuid.uuid4().hex for key in new})
-        rows = [
+        dataset_rows = [
             (
                 uuids[key],
                 experiment_id,
@@ -403,7 +344,7 @@ class Database:
             )
             for key in new
         ]
-        self._insert(connection, tables.datasets, DATASET_COLUMNS, rows)
+        self._insert(connection, tables.datasets, DATASET_COLUMNS, dataset_rows)
         return uuids
 
     def _link_inputs(self, connection, datasets: dict, runs: list) -> None:
@@ -411,7 +352,7 @@ class Database:
         that saw it, with the edge's context tag."""
         edges, edge_tags = [], []
         for run_id, inputs in runs:
-            for key, entry in _first_of_each(inputs).items():
+            for key, entry in rows.first_of_each(inputs).items():
                 edge = uuid.uuid4().hex
                 edges.append((edge, "DATASET", datasets[key], "RUN", run_id))
                 edge_tags.append((edge, DATASET_CONTEXT, entry.context))
@@ -454,12 +395,14 @@ class Database:
         run; the runs of a cohort share their timestamps and their ids increase): the key's
         index then grows at its end, and the two indexes by run each take a handful of
         places, about twice as fast as run after run."""
-        tag_rows = [row for run, tags in batch.tags.items() for row in _pairs(run, tags, rules.tag)]
+        tag_rows = [
+            row for run, tags in batch.tags.items() for row in rows.pairs(run, tags, rules.tag)
+        ]
         runs = sorted(batch.metrics)
         with self._transaction() as connection:
             for first in range(0, len(runs), RUNS_PER_INSERT):
                 part = {run: batch.metrics[run] for run in runs[first : first + RUNS_PER_INSERT]}
-                metric_rows, latest = self._metric_rows(part)
+                metric_rows, latest = rows.metric_rows(part)
                 if metric_rows:
                     self._insert(connection, tables.metrics, METRIC_COLUMNS, metric_rows)
                     newer = self._newer_latest(connection, latest)
@@ -478,34 +421,6 @@ class Database:
                 connection.execute(statement, ended)
 
     @staticmethod
-    def _metric_rows(metrics: dict[str, list[Series]]) -> tuple[list[tuple], dict]:
-        """The rows of the runs' metrics, each once (as MLflow's ``log_batch``, which drops a
-        point given twice: same key, step, timestamp and value), in the order of the metrics
-        table's key; and by (run, metric) the row of the largest (step, timestamp, value)."""
-        by_key: dict[str, list[tuple]] = {}
-        latest: dict[tuple[str, str], tuple] = {}
-        for run in sorted(metrics):
-            for key, steps, values, stamps in metrics[run]:
-                if not steps:
-                    continue
-                rules.check_name("metric", key)
-                if all(map(math.isfinite, values)):
-                    flags = [False] * len(values)
-                    values = [float(value) for value in values]
-                else:
-                    pairs = [sanitized(float(value)) for value in values]
-                    flags, values = [flag for flag, _ in pairs], [value for _, value in pairs]
-                step, stamp, value, flag = max(zip(steps, stamps, values, flags, strict=True))
-                last = (run, key, value, stamp, step, flag)
-                if (run, key) not in latest or LATEST_ORDER(last) > LATEST_ORDER(latest[run, key]):
-                    latest[run, key] = last
-                by_key.setdefault(key, []).append((run, steps, stamps, values, flags))
-        rows: list[tuple] = []
-        for key in sorted(by_key):
-            rows += _in_table_order(key, by_key[key])
-        return rows, latest
-
-    @staticmethod
     def _newer_latest(connection, best: dict[tuple[str, str], tuple]) -> list[tuple]:
         """The rows of ``best`` (by run and metric) that are newer than the latest values
         already stored: a larger (step, timestamp, value)."""
@@ -520,7 +435,7 @@ class Database:
             )
             for run, key, step, timestamp, value in found:
                 new = best.get((run, key))
-                if new is not None and (step, timestamp, value) >= LATEST_ORDER(new):
+                if new is not None and (step, timestamp, value) >= rows.LATEST_ORDER(new):
                     del best[(run, key)]
         return list(best.values())
 
