@@ -460,6 +460,10 @@ class TrainerConfig:
     means once per epoch, or at every logged step when training by ``steps``. A run diverges
     when its loss is not finite or exceeds ``divergence_factor`` times its initial loss (times
     1 when the initial loss is below 1).
+
+    A sweep checkpoints each cohort every ``checkpoint_every`` seconds of training (0: never)
+    into ``checkpoint_dir`` (null: beside the store's artifacts; see ``harness.checkpoints``).
+    Neither changes a run's numbers, so neither is part of its identity (``fingerprint``).
     """
 
     steps: int | None = None
@@ -471,6 +475,8 @@ class TrainerConfig:
     dtype: str = "float64"
     divergence_factor: float | None = 1e6
     deterministic: bool = False
+    checkpoint_every: float = 60.0
+    checkpoint_dir: str | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -492,6 +498,18 @@ class TrainerConfig:
             "expected null or > 1",
         )
         _one_of("trainer.dtype", self.dtype, ("float32", "float64"))
+        _require(
+            math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
+            "trainer.checkpoint_every",
+            self.checkpoint_every,
+            "expected seconds >= 0 (0: no checkpoints)",
+        )
+        _require(
+            self.checkpoint_dir is None or self.checkpoint_dir.strip() != "",
+            "trainer.checkpoint_dir",
+            self.checkpoint_dir,
+            "expected null (beside the store's artifacts) or a folder",
+        )
         base = self.device.split(":")[0]
         _require(
             base in DEVICES and (":" not in self.device or self.device.split(":")[1].isdigit()),
@@ -695,6 +713,8 @@ def check_combination(spec: RunConfig) -> None:
 
 
 RUN_IDENTITY_EXCLUDES = ("tracking", "run_name", "objective")
+# Keys of a group that do not change a run's numbers: left out of its identity.
+SETTINGS_KEYS = (("trainer", "checkpoint_every"), ("trainer", "checkpoint_dir"))
 # Keys added after runs were recorded without them: left out of the identity while they hold
 # this value, so that those runs are still found (a rerun of an old study resumes).
 LATER_KEYS = {("optimizer", "weight_decay"): 0.0}
@@ -713,8 +733,10 @@ def yaml_text(tree: dict[str, Any]) -> str:
 
 def fingerprint(spec: RunConfig) -> str:
     """SHA-256 (first 16 hex digits) of the run's config without tracking keys or its name,
-    nor the ``LATER_KEYS`` at their neutral values."""
+    the ``SETTINGS_KEYS``, nor the ``LATER_KEYS`` at their neutral values."""
     content = {k: v for k, v in as_dict(spec).items() if k not in RUN_IDENTITY_EXCLUDES}
+    for group, key in SETTINGS_KEYS:
+        content[group].pop(key)
     for (group, key), neutral in LATER_KEYS.items():
         if content[group].get(key, neutral) == neutral:
             content[group].pop(key, None)

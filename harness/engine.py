@@ -23,16 +23,18 @@ two-parameter models, and with mini-batches
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from harness import devices, registry, schedules, stopping, torch_optim
+from harness import checkpoints, devices, registry, schedules, stopping, torch_optim
 from harness import problem as problem_module
 from harness.config import RunConfig, as_dict, hyperparameters
 from harness.problem import Problem
@@ -59,6 +61,9 @@ class RunResult:
     device: str
     device_name: str
     cohort_size: int
+    resumed_step: int | None = None  # the checkpoint's update it continued from
+    resumed_seconds: float = 0.0  # of ``seconds``, those before that update (earlier attempts)
+    checkpoint_seconds: float = 0.0  # of ``seconds``, the cohort's writing checkpoints
 
     @property
     def diverged(self) -> bool:
@@ -181,6 +186,14 @@ class BatchOrder:
         self.per_epoch = math.ceil(size / batch)
         self.order: torch.Tensor | None = None
 
+    def state(self) -> dict:
+        return {"generators": [g.get_state() for g in self.generators], "order": self.order}
+
+    def restore(self, state: dict) -> None:
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved.cpu())
+        self.order = state["order"]
+
     def indices(self, step: int) -> torch.Tensor:
         position = step % self.per_epoch
         if position == 0 and (self.order is None or self.reshuffle):
@@ -216,6 +229,24 @@ class Curves:
         self.per_run: list[dict[str, tuple[list[int], list[float]]]] = [{} for _ in range(runs)]
         self.sink = sink
         self.start = time.perf_counter()
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the curves on the host so far (``take`` first), their
+        times and the training time."""
+        elapsed = time.perf_counter() - self.start
+        return {"per_run": self.per_run, "seconds_at": self.seconds_at, "seconds": elapsed}
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state``: the curves so far are handed to the sink at once (a
+        resumed run's record holds them from step 0) and the clock goes on from its time."""
+        self.per_run, self.seconds_at = state["per_run"], state["seconds_at"]
+        self.start = time.perf_counter() - state["seconds"]
+        if self.sink is not None:
+            copies = [
+                {name: (list(steps), list(values)) for name, (steps, values) in run.items()}
+                for run in self.per_run
+            ]
+            self.sink(copies, dict(self.seconds_at))
 
     def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
         self.seconds_at.setdefault(step, time.perf_counter() - self.start)
@@ -260,12 +291,21 @@ def check_cohort(specs: list[RunConfig]) -> None:
 
 
 def train_cohort(
-    specs: list[RunConfig], problem: Problem | None = None, sink=None
+    specs: list[RunConfig],
+    problem: Problem | None = None,
+    sink=None,
+    checkpointer: checkpoints.Checkpointer | None = None,
+    resume: dict | None = None,
 ) -> list[RunResult]:
     """Train every run of ``specs`` (one structure) together; one result per run, in order.
 
     ``sink(chunks, seconds_at)``, if given, receives the curves while training goes on, every
-    ``FLUSH_EVERY`` log points and at the end (see :class:`Curves`)."""
+    ``FLUSH_EVERY`` log points and at the end (see :class:`Curves`). A ``checkpointer`` (see
+    ``harness.checkpoints``) gets the cohort's whole state between two updates every
+    ``checkpointer.every`` seconds of training, and when a stop signal arrives (then training
+    stops with KeyboardInterrupt). ``resume``: such a state, from which training continues
+    (its curves so far go to the sink first); its runs' numbers are those of an
+    uninterrupted cohort's."""
     check_cohort(specs)
     first = specs[0]
     device = devices.resolve(first.trainer.device, first.trainer.dtype)
@@ -300,8 +340,23 @@ def train_cohort(
         device,
     )
     curves = Curves(len(specs), sink)
+    resumed_step = resume["state"].step if resume is not None else None
+    resumed_seconds = resume["curves"]["seconds"] if resume is not None else 0.0
     with problem.model.seeded(derive_seed(first.seed, "model")):
-        diverged_at, theta = loop.run(theta, curves)
+        if resume is not None:
+            if resume["theta"].shape != theta.shape:
+                raise checkpoints.CheckpointError(
+                    f"its parameters are {tuple(resume['theta'].shape)}, this cohort's "
+                    f"{tuple(theta.shape)}"
+                )
+            state = loop.restore(resume, curves)
+            if checkpointer is not None:  # at once: the checkpoint names this cohort's runs
+                seconds = resume["curves"]["seconds"]
+                checkpointer.save(loop.snapshot(state, curves), state.step, seconds)
+        else:
+            state = loop.start(theta)
+        with stopping.deferred() if checkpointer is not None else contextlib.nullcontext():
+            diverged_at, theta = loop.run(state, curves, checkpointer)
     diverged_steps = _steps_or_none(diverged_at)
     curves.take(diverged_steps)
     seconds = time.perf_counter() - curves.start
@@ -317,9 +372,30 @@ def train_cohort(
             devices.label(device),
             device_name,
             len(specs),
+            resumed_step,
+            resumed_seconds,
+            checkpointer.seconds if checkpointer is not None else 0.0,
         )
         for index, (run_curves, stop) in enumerate(zip(curves.per_run, diverged_steps, strict=True))
     ]
+
+
+@dataclass
+class LoopState:
+    """What changes from one update to the next, at the start of update ``step``: the
+    parameters, the rule's state, which runs are still healthy (and for how many updates
+    they were), the mini-batch losses since the last log point, the log points so far and the
+    divergence limit per run."""
+
+    step: int
+    theta: torch.Tensor
+    rule: Any
+    active: torch.Tensor
+    healthy_steps: torch.Tensor
+    batch_losses: torch.Tensor
+    batches_since_log: int
+    logged: int
+    limit: torch.Tensor | None
 
 
 class _Loop:
@@ -379,27 +455,70 @@ class _Loop:
         )
         self.schedule.observe(parts[self.monitor]["loss"])
 
-    def run(self, theta: torch.Tensor, curves: Curves):
-        """Train; returns each run's divergence step (-1: none) and the final parameters."""
-        problem, plan, rule, hp = self.problem, self.plan, self.rule, self.hp
-        logged = 0
-        state = rule.init(theta)
+    def start(self, theta: torch.Tensor) -> LoopState:
+        """The state before the first update; the divergence limit is relative to the initial
+        loss, and never below the factor itself."""
         with torch.no_grad():
-            initial = problem.evaluate(theta, "train")["loss"]
-        factor = self.trainer.divergence_factor
-        limit = None
-        if factor is not None:  # relative to the initial loss, and never below the factor itself
+            initial = self.problem.evaluate(theta, "train")["loss"]
+        factor, limit = self.trainer.divergence_factor, None
+        if factor is not None:
             limit = initial.abs().clamp(min=1.0) * factor
             limit = torch.where(torch.isfinite(limit), limit, torch.finfo(limit.dtype).max)
+        return LoopState(
+            step=0,
+            theta=theta,
+            rule=self.rule.init(theta),
+            active=torch.ones_like(initial, dtype=torch.bool),
+            healthy_steps=torch.zeros_like(initial, dtype=torch.long),
+            batch_losses=torch.zeros_like(initial),
+            batches_since_log=0,
+            logged=0,
+            limit=limit,
+        )
+
+    def snapshot(self, state: LoopState, curves: Curves) -> dict:
+        """The cohort's whole training state (a checkpoint's content): the loop's, the
+        schedule's, the batch order's, the model's and the curves so far."""
+        curves.take(_steps_or_none(torch.where(state.active, -1, state.healthy_steps)))
+        return {
+            "state": state,
+            "theta": state.theta,
+            "schedule": dict(vars(self.schedule)),
+            "batches": self.batches.state() if self.batches is not None else None,
+            "model": self.problem.model.training_state(),
+            "curves": curves.state(),
+        }
+
+    def restore(self, saved: dict, curves: Curves) -> LoopState:
+        """The loop's state from a ``snapshot``; the others' are set from it."""
+        vars(self.schedule).update(saved["schedule"])
+        if self.batches is not None:
+            self.batches.restore(saved["batches"])
+        self.problem.model.restore(saved["model"])
+        curves.restore(saved["curves"])
+        state = saved["state"]
+        if self.rule.reloaded is not None:
+            state.rule = self.rule.reloaded(state.rule)
+        return state
+
+    def run(self, state: LoopState, curves: Curves, checkpointer=None):
+        """Train from ``state``; returns each run's divergence step (-1: none) and the final
+        parameters. With a ``checkpointer``, the state is saved between updates when due and
+        when a stop signal is waiting, which is then raised."""
+        problem, plan, rule, hp = self.problem, self.plan, self.rule, self.hp
 
         def healthy(loss: torch.Tensor) -> torch.Tensor:
+            limit = state.limit
             return torch.isfinite(loss) if limit is None else loss <= limit  # False for NaN
 
-        active = torch.ones_like(initial, dtype=torch.bool)
-        healthy_steps = torch.zeros_like(initial, dtype=torch.long)
-        batch_losses, batches_since_log = torch.zeros_like(initial), 0
-        for step in range(plan.total_steps):
+        for step in range(state.step, plan.total_steps):
+            state.step = step
+            if checkpointer is not None:
+                training_seconds = time.perf_counter() - curves.start
+                if stopping.requested() or checkpointer.due(training_seconds):
+                    checkpointer.save(self.snapshot(state, curves), step, training_seconds)
             stopping.check()
+            theta = state.theta
             x, y = self.batch(step)
             if self.reuse_loss:  # full batch at theta: this loss is also the training loss
                 loss, grad = value_and_grad(problem, theta, x, y)
@@ -407,40 +526,49 @@ class _Loop:
                 self.evaluate(curves, step, theta, loss if self.reuse_loss else None)
             lr = self.learning_rate(step, theta)
             if not self.reuse_loss:
-                point = rule.lookahead(theta, state, hp, lr) if rule.lookahead else theta
+                point = rule.lookahead(theta, state.rule, hp, lr) if rule.lookahead else theta
                 loss, grad = value_and_grad(problem, point, x, y)
-            active = active & healthy(loss)
-            healthy_steps += active
+            state.active = state.active & healthy(loss)
+            state.healthy_steps += state.active
             # theta never requires grad, so the update records no graph
             loss_at = functools.partial(problem.loss, x=x, y=y)
-            delta, state = rule.update(grad, state, theta, hp, lr, loss_at)
-            theta_next = torch.where(active.unsqueeze(1), theta + delta, theta)
+            delta, state.rule = rule.update(grad, state.rule, theta, hp, lr, loss_at)
+            theta_next = torch.where(state.active.unsqueeze(1), theta + delta, theta)
             if self.batches is not None:
-                batch_losses, batches_since_log = batch_losses + loss, batches_since_log + 1
+                state.batch_losses = state.batch_losses + loss
+                state.batches_since_log += 1
             if step in plan.log_steps:
-                metrics = {}
-                if self.lr_varies or step in (0, self.last_log_step):
-                    metrics["lr"] = rule.step_size(state, lr) if rule.step_size else lr
-                if self.two_parameters:
-                    metrics.update(phi0=theta[:, 0], phi1=theta[:, 1])
-                if self.batches is not None:
-                    metrics["batch_loss"] = batch_losses / batches_since_log
-                    batch_losses, batches_since_log = torch.zeros_like(initial), 0
-                curves.add(step, metrics)
-                logged += 1
-                if curves.sink is not None and logged % FLUSH_EVERY == 0:
-                    curves.take(_steps_or_none(torch.where(active, -1, healthy_steps)))
-                if not bool(active.any()):
+                self.log(step, state, curves, theta, lr)
+                if not bool(state.active.any()):
                     break
-            theta = theta_next
+            state.theta = theta_next
         else:
-            end = plan.total_steps
+            state.step = end = plan.total_steps
+            theta = state.theta
             with torch.no_grad():
                 final = problem.evaluate(theta, "train")["loss"]
-            active = active & healthy(final)  # the last update may diverge too
+            state.active = state.active & healthy(final)  # the last update may diverge too
             metrics = {"phi0": theta[:, 0], "phi1": theta[:, 1]} if self.two_parameters else {}
-            if batches_since_log:
-                metrics["batch_loss"] = batch_losses / batches_since_log
+            if state.batches_since_log:
+                metrics["batch_loss"] = state.batch_losses / state.batches_since_log
             curves.add(end, metrics)
             self.evaluate(curves, end, theta, final)
-        return torch.where(active, -1, healthy_steps), theta
+        return torch.where(state.active, -1, state.healthy_steps), state.theta
+
+    def log(self, step: int, state: LoopState, curves: Curves, theta, lr) -> None:
+        """The log point ``step``: the learning rate (when it varies, or at the first and last
+        log point), the two parameters, the mean mini-batch loss since the last log point;
+        the curves go to the sink every ``FLUSH_EVERY`` log points."""
+        metrics = {}
+        if self.lr_varies or step in (0, self.last_log_step):
+            metrics["lr"] = self.rule.step_size(state.rule, lr) if self.rule.step_size else lr
+        if self.two_parameters:
+            metrics.update(phi0=theta[:, 0], phi1=theta[:, 1])
+        if self.batches is not None:
+            metrics["batch_loss"] = state.batch_losses / state.batches_since_log
+            state.batch_losses = torch.zeros_like(state.batch_losses)
+            state.batches_since_log = 0
+        curves.add(step, metrics)
+        state.logged += 1
+        if curves.sink is not None and state.logged % FLUSH_EVERY == 0:
+            curves.take(_steps_or_none(torch.where(state.active, -1, state.healthy_steps)))

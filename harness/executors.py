@@ -80,16 +80,17 @@ def remote(kind: str, slurm: SlurmSettings, ray: RaySettings) -> bool:
 JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
-def run_cohort(work, points: list) -> Any:
-    """A cluster job's body: train one cohort with ``work`` (a
-    ``harness.sweep.work.CohortWork``) and return its report. SIGTERM (scancel, the time
-    limit, preemption), SIGUSR2 (submitit's warning before the time limit, which would
-    otherwise requeue a preempted job and so run finished points again) and SIGINT (Ray's
-    cancel) stop training and record the runs KILLED, then the job fails. The signal handlers
+def run_cohort(work, job) -> Any:
+    """A cluster job's body: train one cohort (``job``, a ``harness.sweep.work.Job``) with
+    ``work`` (a ``harness.sweep.work.CohortWork``) and return its report. SIGTERM (scancel,
+    the time limit, preemption), SIGUSR2 (submitit's warning before the time limit, which
+    would otherwise requeue a preempted job and so run finished points again) and SIGINT
+    (Ray's cancel) stop training (a cohort with checkpoints writes one first, which a rerun
+    of the sweep resumes) and record the runs KILLED, then the job fails. The signal handlers
     are restored at the end (Ray reuses its workers)."""
     previous = {signum: signal.signal(signum, stopping.interrupt_once) for signum in JOB_SIGNALS}
     try:
-        return work.run(points)
+        return work.run(job)
     except KeyboardInterrupt as stop:  # an Exception, so that the engines report it at once
         raise RuntimeError(f"interrupted: {stop}") from None
     finally:
@@ -104,7 +105,7 @@ class LocalExecutor:
     def __init__(self, environments: list[dict[str, str]]):
         self.environments = environments
 
-    def run(self, work, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
+    def run(self, work, items: dict[int, Any], on_event: OnEvent, pins: dict[int, int]) -> None:
         def translate(kind: str, number: int, payload) -> None:
             if kind == "lost":
                 payload = f"worker died (exit code {payload})"
@@ -197,7 +198,7 @@ class SlurmExecutor:
             lines = str(error).strip().splitlines() or [type(error).__name__]
             return "lost", f"job {job.job_id} ({job.state}): {lines[-1][:300]}"
 
-    def run(self, work, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
+    def run(self, work, items: dict[int, Any], on_event: OnEvent, pins: dict[int, int]) -> None:
         numbers = list(items)
         jobs = self.executor.map_array(
             run_cohort, [work] * len(numbers), [items[n] for n in numbers]
@@ -242,13 +243,13 @@ class RayExecutor:
             lines = str(error).strip().splitlines() or [type(error).__name__]
             return "lost", f"Ray task {ref.task_id().hex()[:12]}: {lines[-1][:300]}"
 
-    def run(self, work, items: dict[int, list], on_event: OnEvent, pins: dict[int, int]) -> None:
+    def run(self, work, items: dict[int, Any], on_event: OnEvent, pins: dict[int, int]) -> None:
         ray, ask = self.ray, dict(self.ask)
         try:
             task = ray.remote(run_cohort).options(
                 num_cpus=ask.pop("CPU"), num_gpus=ask.pop("GPU"), resources=ask, max_retries=0
             )
-            refs = {number: task.remote(work, points) for number, points in items.items()}
+            refs = {number: task.remote(work, job) for number, job in items.items()}
             waiter = _Jobs(
                 lambda ref: bool(ray.wait([ref], timeout=0)[0]), self._outcome, ray.cancel
             )

@@ -95,6 +95,14 @@ class FlatModel:
         """A context in which the model's own randomness, if any, is seeded with ``seed``."""
         return contextlib.nullcontext()
 
+    def training_state(self) -> dict:
+        """What training changes in the model besides its parameters (a checkpoint's part):
+        nothing here."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Set what ``training_state`` returned; inside ``seeded``."""
+
     def on(self, device: torch.device, dtype: torch.dtype) -> FlatModel:
         """The model for ``device`` and ``dtype`` (it holds no tensors: itself)."""
         return self

@@ -182,6 +182,26 @@ class ModuleModel(FlatModel):
             return contextlib.nullcontext()
         return _seeded(seed, self.module)
 
+    def training_state(self) -> dict:
+        """The module's buffers and, for random layers, the state of the generator they draw
+        from (inside ``seeded``)."""
+        state = {"buffers": {name: b.detach().clone() for name, b in self.module.named_buffers()}}
+        if self.random:
+            state["rng"] = torch.get_rng_state()
+            if (device := _cuda_device(self.module)) is not None:
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        return state
+
+    def restore(self, state: dict) -> None:
+        """Set what ``training_state`` returned; inside ``seeded``."""
+        with torch.no_grad():
+            for name, buffer in state["buffers"].items():
+                self.module.get_buffer(name).copy_(buffer)
+        if "rng" in state:
+            torch.set_rng_state(state["rng"].cpu())
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), _cuda_device(self.module))
+
     def on(self, device: torch.device, dtype: torch.dtype) -> ModuleModel:
         """The same model with its module (buffers) on ``device`` in ``dtype``."""
         moved = copy.copy(self)

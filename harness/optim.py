@@ -51,6 +51,8 @@ class Rule(NamedTuple):
     update: Callable[..., tuple[Tensor, Any]]
     lookahead: Callable[..., Tensor] | None = None
     step_size: Callable[[Any, Tensor], Tensor] | None = None
+    # a state read back from a checkpoint -> the state to go on with (links pickling loses)
+    reloaded: Callable[[Any], Any] | None = None
 
 
 class NoState(NamedTuple):

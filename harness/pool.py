@@ -64,8 +64,8 @@ def _orders(pipe: Connection, sweep_pid: int):
 
 def _worker(work: Work, pipe: Connection, sweep_pid: int, environment: dict[str, str]) -> None:
     os.environ.update(environment)
-    signal.signal(signal.SIGINT, interrupt_once)
-    signal.signal(signal.SIGTERM, interrupt_once)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, interrupt_once)
     try:
         for index, item in _orders(pipe, sweep_pid):
             pipe.send(("started", index, os.getpid()))
@@ -91,17 +91,20 @@ class _Worker:
 
 def start_server(preload: list[str] | None = None) -> None:
     """Start the fork server now (``preload``: the modules it imports), so that it gets ready
-    while this process does other work. It ignores SIGTERM, which it keeps across its exec:
-    a SIGTERM to the process group (``timeout``, systemd, ``docker stop``) must reach the
-    workers, which record their runs KILLED, without killing the server through which the
-    sweep learns how they ended. It is stopped when the sweep's process exits (``_at_exit``)."""
+    while this process does other work. It ignores SIGTERM and SIGUSR2, which it keeps across
+    its exec: such a signal to the process group (``timeout``, systemd, ``docker stop``,
+    SLURM's warning) must reach the workers, which checkpoint and record their runs KILLED,
+    without killing the server through which the sweep learns how they ended. It is stopped
+    when the sweep's process exits (``_at_exit``)."""
     if preload is not None:
         multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignored = (signal.SIGTERM, signal.SIGUSR2)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     atexit.unregister(_at_exit)  # once, and after multiprocessing's own handler, so before it
     atexit.register(_at_exit)
 

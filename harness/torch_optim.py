@@ -238,7 +238,19 @@ def build(configs: list[TorchOptimizerConfig], shapes, lr_keys: list) -> Rule:
         moved = state.params if in_order else state.params[index_on(params.device)[1]]
         return moved - params, state._replace(count=state.count + 1)
 
-    return Rule(init, update)
+    return Rule(init, update, reloaded=_relinked)
+
+
+def _relinked(state: TorchState) -> TorchState:
+    """A state read back from a checkpoint, each parameter's ``grad`` again its view of the
+    gradient buffer (a tensor's ``grad`` is not saved; the pieces and their optimizer state
+    come back as views of the parameter buffer, as they were)."""
+    base = state.params.storage_offset()
+    for group in state.optimizer.param_groups:
+        for piece in group["params"]:
+            offset = state.grads.storage_offset() + piece.storage_offset() - base
+            piece.grad = state.grads.as_strided(piece.shape, piece.stride(), offset)
+    return state
 
 
 OPTIONS: dict[str, OptimizerOption] = {

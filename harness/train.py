@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import harness.registry  # noqa: F401  (registers every option's schema before Hydra composes)
-from harness import config, devices, engine, objectives, records, stopping
+from harness import checkpoints, config, devices, engine, objectives, records, stopping
 from harness import problem as problem_module
 from harness.config import ConfigError, RunConfig
 from harness.paths import CONFIG_DIR
@@ -53,13 +53,15 @@ def record_cohort(
     names: list[str],
     tags: dict[str, str] | None = None,
     claim: records.Claim | None = None,
+    checkpointing: checkpoints.Checkpointing | None = None,
 ) -> list[tuple[records.Recorded, engine.RunResult | None]]:
     """Train ``specs`` (one structure) as one cohort, each run in an MLflow run of its own
     (named ``names[i]``, with ``tags`` besides the usual ones and the data set's splits as
     its dataset inputs), handing curves to the store as they come. With a ``claim`` the runs
     are claims on their grid points: a point that another attempt holds is not trained (its
-    Recorded is ``held``, its result None). An exception marks every run FAILED (KILLED on
-    Ctrl-C) and propagates."""
+    Recorded is ``held``, its result None). With ``checkpointing`` (a sweep's, with a claim)
+    the cohort is checkpointed as it trains, and resumes the checkpoint it names. An
+    exception marks every run FAILED (KILLED on Ctrl-C) and propagates."""
     plan = engine.make_plan(specs[0], problem.data.sizes["train"])
     derived = {f"data.n_{part}": size for part, size in problem.data.sizes.items()}
     derived.update(
@@ -77,7 +79,14 @@ def record_cohort(
         claim,
     )
     mine = [i for i, claim in enumerate(claims) if isinstance(claim, str)]
-    done = iter(train_runs([specs[i] for i in mine], problem, store, [claims[i] for i in mine]))
+    handles = [claims[i] for i in mine]
+    cohort = None
+    if checkpointing is not None and mine:
+        device = devices.resolve(specs[0].trainer.device, specs[0].trainer.dtype)
+        prints = [config.fingerprint(specs[i]) for i in mine]
+        run_ids = [store.run_ids[handle] for handle in handles]
+        cohort = checkpointing.open(prints, run_ids, plan.total_steps, device)
+    done = iter(train_runs([specs[i] for i in mine], problem, store, handles, cohort))
     return [
         next(done) if isinstance(claim, str) else (records.Recorded(claim.run_id, held=True), None)
         for claim in claims
@@ -85,25 +94,44 @@ def record_cohort(
 
 
 def train_runs(
-    specs: list[RunConfig], problem: Problem, store: records.Store, handles: list[str]
+    specs: list[RunConfig],
+    problem: Problem,
+    store: records.Store,
+    handles: list[str],
+    cohort: checkpoints.CohortCheckpoints | None = None,
 ) -> list[tuple[records.Recorded, engine.RunResult]]:
     """Train the started runs ``handles`` as one cohort and finish their records; an
-    exception marks them FAILED (KILLED on Ctrl-C) and propagates."""
+    exception marks them FAILED (KILLED on Ctrl-C) and propagates. With ``cohort``'s
+    checkpoints, training resumes its state, if any; once every run is recorded FINISHED
+    its checkpoints are removed and the runs it replaces are deleted. A failure removes them
+    too (its cohort starts over); an interrupt keeps them."""
     if not handles:
         return []
 
     def sink(chunks, seconds_at):
         store.log_curves(handles, chunks, seconds_at)
 
+    checkpointer = cohort.checkpointer if cohort is not None else None
+    resume = cohort.state if cohort is not None else None
     try:
-        results = engine.train_cohort(specs, problem, sink)
+        results = engine.train_cohort(specs, problem, sink, checkpointer, resume)
     except BaseException as error:
+        if cohort is not None and not isinstance(error, KeyboardInterrupt):
+            cohort.remove()
         try:
             store.fail_runs(handles, error)
         except records.TrackingError as tracking_error:
             error.add_note(f"recording this failure in MLflow failed too: {tracking_error}")
         raise
-    return list(zip(store.finish_runs(handles, results), results, strict=True))
+    replaced = cohort.replaced if cohort is not None else None
+    recorded = store.finish_runs(handles, results, replaced)
+    if cohort is not None and all(r.error is None for r in recorded):
+        cohort.remove()
+        try:
+            store.delete_runs([run_id for runs in cohort.replaced for run_id in runs])
+        except records.TrackingError as error:  # the new runs are whole: say so and go on
+            checkpoints.say(f"warning: the runs that resumed runs replace stay: {error}")
+    return list(zip(recorded, results, strict=True))
 
 
 def train_and_record(spec: RunConfig, problem: Problem, store: records.Store):

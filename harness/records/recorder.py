@@ -44,10 +44,10 @@ class Recorder:
         experiment_id: str,
         new_runs: list[NewRun],
         claim: Claim | None = None,
-    ) -> list[Held | None]:
+    ) -> list[Held | str]:
         """Create the runs (with a ``claim``: as claims on their grid points, see
         ``backends.holders``) and save their configs as their ``config.yaml`` artifacts;
-        returns, per run, None where it was created, else the ``Held`` of the run that holds
+        returns, per run, its id where it was created, else the ``Held`` of the run that holds
         its point. Runs whose configs could not be saved are ended FAILED before the error is
         raised."""
         outcome = self.backend.create(experiment_id, new_runs, claim)
@@ -66,7 +66,7 @@ class Recorder:
             message = f"{type(error).__name__}: {error}"
             self.fail([handle for handle, _, _ in created], Status.FAILED, message, message)
             raise
-        return [run if isinstance(run, Held) else None for run in outcome]
+        return [run if isinstance(run, Held) else run.run_id for run in outcome]
 
     def curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Hold ``{metric: (steps, values)}`` per run, timestamped at the run's start plus
@@ -114,6 +114,10 @@ class Recorder:
             batch.ended[run.run_id] = (status, now)
         self._write(batch, handles, status)
         return [self.runs.pop(handle).run_id for handle in handles]
+
+    def delete(self, handles, run_ids: list[str]) -> None:
+        """Mark the runs ``run_ids`` deleted (runs that others replace), except RUNNING ones."""
+        self.backend.delete_runs(run_ids)
 
     def end_owned(self, handles, experiment_id: str, owner: str, message: str) -> None:
         """End FAILED, with ``message``, every grid point's run of the experiment that the

@@ -38,6 +38,8 @@ class Tag:
     DEVICE_NAME = "device_name"
     COHORT_SIZE = "cohort_size"  # runs trained in the same batch
     STAGE = "stage"  # a tuning search's runs: tune | rerun (set through tracking.tags)
+    RESUMED_STEP = "resumed_step"  # the update a resumed run continued its checkpoint from
+    RESUMED_FROM = "resumed_from"  # the runs it replaces (deleted once it is FINISHED)
     # MLflow's own tags, which its UI shows
     PARENT = "mlflow.parentRunId"  # nests a sweep's runs under its parent run
     RUN_NAME = "mlflow.runName"

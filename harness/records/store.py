@@ -37,6 +37,7 @@ class Store:
         self.uri, self.source, self.options = uri, source, options
         self.forks = background and "fork" in multiprocessing.get_all_start_methods()
         self.owner = owners.owner_token()
+        self.run_ids: dict[str, str] = {}  # handle -> MLflow run id, where a claim told it
         self.writer = self._new_writer()
         try:
             self.experiment_id = self._reply("experiment", ["experiment"], experiment)
@@ -81,7 +82,7 @@ class Store:
         ``inputs`` they all saw and their config artifacts; returns the handles that name
         them in the other calls. With a ``claim``, each run is a claim on its grid point, made
         before this returns: a point another run holds (``backends.holders``) gets that
-        run's ``Held`` instead of a handle."""
+        run's ``Held`` instead of a handle, and the runs' ids are known (``run_ids``)."""
         common = {Tag.OWNER: self.owner, **environment_tags(), **source_tags(self.source)}
         runs = [
             NewRun(
@@ -97,19 +98,24 @@ class Store:
         if claim is None:
             self._call("start", handles, self.experiment_id, runs)
             return handles
-        held = self._reply("start", handles, self.experiment_id, runs, claim)
-        return [h if holder is None else holder for h, holder in zip(handles, held, strict=True)]
+        claimed = self._reply("start", handles, self.experiment_id, runs, claim)
+        pairs = list(zip(handles, claimed, strict=True))
+        self.run_ids.update((h, run) for h, run in pairs if isinstance(run, str))
+        return [h if isinstance(run, str) else run for h, run in pairs]
 
     def log_curves(self, handles: list[str], chunks: list[dict], seconds_at: dict[int, float]):
         """Queue chunks of curves ``{metric: (steps, values)}``, one per run."""
         self._call("curves", handles, chunks, seconds_at)
 
-    def finish_runs(self, handles: list[str], results: list) -> list[Recorded]:
+    def finish_runs(
+        self, handles: list[str], results: list, replaced: list[list[str]] | None = None
+    ) -> list[Recorded]:
         """Write the end-of-run metrics and tags of the engine's ``results``, and mark the runs
         FINISHED once everything queued for them is written. The curves come by
-        ``log_curves``."""
+        ``log_curves``. A run resumed from a checkpoint is tagged with the update it continued
+        from and the runs it ``replaced`` (earlier attempts at its point)."""
         summaries, tags = [], []
-        for result in results:
+        for index, result in enumerate(results):
             last_step = result.diverged_step if result.diverged else result.plan.total_steps
             summary = {Summary.WALL_SECONDS: (result.seconds, last_step)}
             if result.diverged:
@@ -123,9 +129,18 @@ class Store:
                     Tag.COHORT_SIZE: str(result.cohort_size),
                 }
             )
+            if result.resumed_step is not None:
+                tags[-1][Tag.RESUMED_STEP] = str(result.resumed_step)
+                tags[-1][Tag.RESUMED_FROM] = ",".join(replaced[index] if replaced else [])
         run_ids, errors = self._call("finish", handles, summaries, tags, reply=True)
         run_ids = run_ids or [None] * len(handles)
         return [Recorded(r, errors.get(h)) for h, r in zip(handles, run_ids, strict=True)]
+
+    def delete_runs(self, run_ids: list[str]) -> None:
+        """Mark the runs deleted (runs that resumed ones replace), except RUNNING ones; raises
+        TrackingError when that fails."""
+        if run_ids:
+            self._reply("delete", ["delete"], run_ids)
 
     def fail_runs(self, handles: list[str], error: BaseException) -> None:
         """Record the error and mark the runs FAILED, or KILLED when interrupted."""

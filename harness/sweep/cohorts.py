@@ -15,10 +15,12 @@ from harness.sweep.points import Point
 @dataclass
 class Cohort:
     """Points (positions in the point list) that train together as one batch; ``gpu`` is the
-    index of the GPU they must run on (a device named ``cuda:N``), None for any slot."""
+    index of the GPU they must run on (a device named ``cuda:N``), None for any slot;
+    ``checkpoint``: the checkpoint it resumes (see ``harness.sweep.resuming``), if any."""
 
     positions: list[int]
     gpu: str | None = None
+    checkpoint: str | None = None
 
 
 def group_key(point: Point) -> str:

@@ -45,10 +45,21 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from harness import compose, devices, executors, objectives, owners, pool, records, stopping
+from harness import (
+    checkpoints,
+    compose,
+    devices,
+    executors,
+    objectives,
+    owners,
+    pool,
+    records,
+    stopping,
+)
 from harness.config import ConfigError
 from harness.progress import Progress
 from harness.records import SECONDS_PREFIX, Status, Tag
+from harness.sweep import resuming
 from harness.sweep.cohorts import Cohort, alone_notes, make_cohorts, plan_slots
 from harness.sweep.planning import plan, sweep_id
 from harness.sweep.points import Point, compose_points
@@ -59,9 +70,10 @@ from harness.sweep.settings import (
     LauncherSettings,
 )
 from harness.sweep.summary import Outcome, Timing, counts, parent_params, summary
-from harness.sweep.work import CohortWork
+from harness.sweep.work import CohortWork, Job
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; timeout, systemd, docker stop
+# Ctrl-C; timeout, systemd, docker stop; SLURM's warning before a time limit or preemption
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 def run_cohorts(
@@ -85,6 +97,7 @@ def run_cohorts(
         if kind == "done":
             found = dict(zip(positions, payload.outcomes, strict=True))
             timing.train += payload.train_seconds
+            timing.checkpoint += payload.checkpoint_seconds
             timing.track += payload.track_seconds
         elif kind == "interrupted":
             found = {p: Outcome("killed", error="interrupted") for p in positions}
@@ -97,7 +110,8 @@ def run_cohorts(
     previous = {s: signal.signal(s, stopping.interrupt_once) for s in STOP_SIGNALS}
     try:
         items = {
-            number: [points[p] for p in cohort.positions] for number, cohort in enumerate(cohorts)
+            number: Job([points[p] for p in cohort.positions], checkpointing(points, cohort, work))
+            for number, cohort in enumerate(cohorts)
         }
         pins = {n: int(c.gpu) for n, c in enumerate(cohorts) if c.gpu is not None}
         if items:
@@ -111,6 +125,24 @@ def run_cohorts(
     for signum, handler in previous.items():
         signal.signal(signum, handler)
     return outcomes, False, last
+
+
+def checkpointing(
+    points: Sequence[Point], cohort: Cohort, work: CohortWork
+) -> checkpoints.Checkpointing | None:
+    """The cohort's checkpoints: where and how often (its points' ``trainer`` settings; None
+    when ``checkpoint_every`` is 0), and the checkpoint it resumes, if any."""
+    spec = points[cohort.positions[0]].spec
+    trainer, experiment = spec.trainer, spec.tracking.experiment
+    if trainer.checkpoint_every == 0:
+        return None
+    return checkpoints.Checkpointing(
+        checkpoints.folder(work.uri, experiment, trainer.checkpoint_dir),
+        trainer.checkpoint_every,
+        work.uri,
+        experiment,
+        Path(cohort.checkpoint) if cohort.checkpoint else None,
+    )
 
 
 def settle(
@@ -215,6 +247,7 @@ def prepare(
     target = points[0].spec.tracking
     uri = records.resolve_uri(target.uri)
     records.check_uri(uri)
+    resuming.check_folders(points, uri)
     executors.check_store(settings.executor, settings.slurm, settings.ray, uri)
     return points, records.Ledger(uri, target.experiment)
 
@@ -306,7 +339,8 @@ def launch(
         identity = session.identity or sweep_id(points, settings.force)
         slots = plan_slots(points, devices.gpu_ids(), settings.n_jobs)
         at_once = executors.parallel_cohorts(kind, slots.count)
-        cohorts = make_cohorts(points, plan_.todo, settings.max_cohort, at_once)
+        resumed, rest, resume_notes = resuming.resumed_cohorts(points, plan_.todo, ledger.uri)
+        cohorts = resumed + make_cohorts(points, rest, settings.max_cohort, at_once)
         folder = Path(str(root.hydra.sweep.dir)).absolute() / ".submitit"
         executor = cohorts and executors.build(kind, slots, slurm, ray, folder)
         name, params = f"{study}-sweep-{identity[:8]}", parent_params(points, root, settings)
@@ -331,6 +365,11 @@ def launch(
     )
     for note in alone_notes(points, plan_.todo):
         print(note, flush=True)
+    if resumed:
+        count = sum(len(cohort.positions) for cohort in resumed)
+        print(f"resuming {len(resumed)} cohort(s) of {count} point(s) from checkpoints", flush=True)
+    for note in resume_notes:
+        print(f"note: {note}", flush=True)
     tags = {Tag.PARENT: parent, Tag.SWEEP_ID: identity}
     local = kind == "local"
     work = CohortWork(

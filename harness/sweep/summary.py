@@ -34,7 +34,8 @@ class Timing:
     """Where a sweep's time went, in seconds: ``startup`` (imports and Hydra's start until the
     launcher runs), ``compose`` (the jobs' configs and folders), ``validate`` (specs, data,
     devices), ``prepare`` (reading the store, planning, the parent run), summed over the
-    workers ``train`` (the engine) and ``track`` (MLflow writes that training did not hide,
+    workers ``train`` (the engine), ``checkpoint`` (of ``train``, writing checkpoints) and
+    ``track`` (MLflow writes that training did not hide,
     with the job folders), ``exit`` (from the last cohort's report to the summary: the workers
     and their writers stopping, the records settled), then ``total``
     (the sweep process's wall time until the summary)."""
@@ -44,6 +45,7 @@ class Timing:
     validate: float = 0.0
     prepare: float = 0.0
     train: float = 0.0
+    checkpoint: float = 0.0
     track: float = 0.0
     exit: float = 0.0
     total: float = 0.0

@@ -4,11 +4,11 @@ Pickled into each local worker, cluster job or Ray task."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from harness import config, devices, engine, objectives, records, train
+from harness import checkpoints, config, devices, engine, objectives, records, train
 from harness import problem as problem_module
 from harness.problem import Problem
 from harness.sweep.points import Checker, Point
@@ -17,11 +17,22 @@ from harness.sweep.summary import Outcome
 
 @dataclass
 class CohortReport:
-    """What a worker reports for a cohort: an outcome per point, and its time."""
+    """What a worker reports for a cohort: an outcome per point, and its time (of the
+    training time, ``checkpoint_seconds`` went to writing checkpoints)."""
 
     outcomes: list[Outcome]
     train_seconds: float
     track_seconds: float
+    checkpoint_seconds: float = 0.0
+
+
+@dataclass
+class Job:
+    """A cohort to train: its points, and its checkpoints (None: none; ``resume`` set: the
+    cohort continues that checkpoint, so it trains as one piece, as it was written)."""
+
+    points: list[Point]
+    checkpointing: checkpoints.Checkpointing | None = None
 
 
 def write_job_dir(point: Point, output_subdir: str | None) -> None:
@@ -64,8 +75,9 @@ class CohortWork:
         self.problems: dict[str, Problem] = {}
         self.store: records.Store | None = None
 
-    def run(self, points: list[Point]) -> CohortReport:
+    def run(self, job: Job) -> CohortReport:
         started = time.perf_counter()
+        points, checkpointing = job.points, job.checkpointing
         torch.set_num_threads(self.threads)
         for point in points:
             write_job_dir(point, self.output_subdir)
@@ -83,15 +95,28 @@ class CohortWork:
         sizes = engine.split_for_memory(
             len(points), engine.run_bytes(spec, self.problems[key]), budget
         )
-        outcomes, start, train_seconds = [], 0, 0.0
+        if checkpointing is not None and checkpointing.resume is not None:
+            sizes = [len(points)]  # as the checkpoint was written
+        report = CohortReport([], 0.0, 0.0)
+        start = 0
         for size in sizes:
-            found, seconds = self.train(points[start : start + size], self.problems[key])
-            outcomes, start, train_seconds = outcomes + found, start + size, train_seconds + seconds
-        track_seconds = time.perf_counter() - started - train_seconds
-        return CohortReport(outcomes, train_seconds, track_seconds)
+            piece = points[start : start + size]
+            found = self.train(piece, self.problems[key], checkpointing, report)
+            report.outcomes, start = report.outcomes + found, start + size
+            if checkpointing is not None:  # a resumed checkpoint is the first piece's
+                checkpointing = replace(checkpointing, resume=None)
+        report.track_seconds = time.perf_counter() - started - report.train_seconds
+        return report
 
-    def train(self, points: list[Point], problem: Problem) -> tuple[list[Outcome], float]:
-        """Train and record ``points`` as one cohort: their outcomes and the engine's time."""
+    def train(
+        self,
+        points: list[Point],
+        problem: Problem,
+        checkpointing: checkpoints.Checkpointing | None,
+        report: CohortReport,
+    ) -> list[Outcome]:
+        """Train and record ``points`` as one cohort: their outcomes; the engine's time (and
+        of that, the checkpoints') is added to ``report``."""
         started = time.monotonic()
         try:
             recorded = train.record_cohort(
@@ -101,14 +126,19 @@ class CohortWork:
                 [p.name for p in points],
                 self.tags,
                 self.claim,
+                checkpointing,
             )
         except Exception as error:  # recorded FAILED by record_cohort
             seconds = time.monotonic() - started
+            report.train_seconds += seconds
             failed = Outcome("failed", None, f"{type(error).__name__}: {error}", seconds)
-            return [failed] * len(points), seconds
-        seconds = next((result.seconds for _, result in recorded if result is not None), 0.0)
+            return [failed] * len(points)
+        result = next((result for _, result in recorded if result is not None), None)
+        if result is not None:
+            report.train_seconds += result.seconds - result.resumed_seconds
+            report.checkpoint_seconds += result.checkpoint_seconds
         pairs = zip(recorded, points, strict=True)
-        return [outcome(r, result, point.objective) for (r, result), point in pairs], seconds
+        return [outcome(r, result, point.objective) for (r, result), point in pairs]
 
     def close(self) -> None:
         if self.store is not None:

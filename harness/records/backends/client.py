@@ -232,6 +232,12 @@ class Client:
             self.client.set_tag(run_id, Tag.ERROR, why)
         return ended
 
+    def delete_runs(self, run_ids: list[str]) -> None:
+        """Mark the runs deleted, except any that is RUNNING."""
+        for run_id in run_ids:
+            if self.client.get_run(run_id).info.status != Status.RUNNING:
+                self.client.delete_run(run_id)
+
     def read_tables(self, experiment_id: str) -> ExperimentTables:
         if is_database(self.uri):
             return _on_database(self.uri, lambda db: db.read_tables(experiment_id))

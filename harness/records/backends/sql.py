@@ -580,6 +580,18 @@ class Database:
             self.set_tags(run_id, {Tag.ERROR: why})
         return ended
 
+    def delete_runs(self, run_ids: list[str]) -> None:
+        """Mark the runs deleted (MLflow's ``delete_run``: hidden, restorable until ``mlflow
+        gc``), except any that is RUNNING."""
+        runs = tables.runs
+        statement = (
+            update(runs)
+            .where(runs.c.run_uuid.in_(run_ids), runs.c.status != Status.RUNNING)
+            .values(lifecycle_stage="deleted", deleted_time=now_ms())
+        )
+        with self._transaction() as connection:
+            connection.execute(statement)
+
     # Reading a study
 
     def read_tables(self, experiment_id: str) -> ExperimentTables:
