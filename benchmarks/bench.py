@@ -50,6 +50,10 @@ float32 for the digits_cnn rows).
     benchopt and a plain script (goals: at most 6 s, at least 2.4x and 9x); the time from a
     sweep's summary to its exit (at most 0.2 s, no process left); metric rows into sqlite
     by the bulk writer (at least 250 000 per second). (b)'s goal is now at most 12 s.
+16. Checkpointed cohorts (``benchmarks/resume_bench.py``): the ``cnn`` study's SGD cohort
+    killed -9 at its first checkpoint (about half way), then rerun: its training at most
+    0.6x the uninterrupted sweep's, with records equal to it; checkpoints at the default
+    interval cost at most 3% of the sweep's wall time.
 
 ``python benchmarks/bench.py --gpu`` runs the GPU rows alone.
 """
@@ -68,6 +72,7 @@ from pathlib import Path
 import cnn_bench
 import fixed_cost
 import optim_bench
+import resume_bench
 import torch
 from compose_bench import bench_compose
 from hydra import initialize_config_dir
@@ -484,6 +489,7 @@ def main() -> None:
     grid = fixed_cost.grid_300()
     written = fixed_cost.metric_rows()
     mlp = bench_mlp_grid()
+    resumed = resume_bench.rows()
     cnn_memory = bench_cnn_memory()
     added = cnn_memory["cohort"] - cnn_memory["baseline"]
     largest = cnn_bench.largest_cohort(cpu)
@@ -529,6 +535,7 @@ def main() -> None:
             "<= 12 s, >= 5x",
         ),
         *fixed_cost.rows_of(smoke, grid, written),
+        *resumed,
         (
             "(d) peak memory (PSS) of (b), all processes together",
             mib(ours["peak_bytes"]),

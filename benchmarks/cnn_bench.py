@@ -161,9 +161,7 @@ def bench_flat_against_module(repeats: int = 3) -> dict[str, dict[str, float]]:
                 "trainer.steps=300", "trainer.device=cpu", *model,
             )  # fmt: skip
             rates = [replace(base.optimizer, lr=0.01 * (1 + seed % 8)) for seed in range(runs)]
-            specs = [
-                replace(base, seed=seed, optimizer=rate) for seed, rate in enumerate(rates)
-            ]
+            specs = [replace(base, seed=seed, optimizer=rate) for seed, rate in enumerate(rates)]
             problem = problem_module.build(base)
             times = []
             for _ in range(repeats):

@@ -199,8 +199,9 @@ class ModuleModel(FlatModel):
                 self.module.get_buffer(name).copy_(buffer)
         if "rng" in state:
             torch.set_rng_state(state["rng"].cpu())
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), _cuda_device(self.module))
+        device = _cuda_device(self.module)
+        if "cuda_rng" in state and device is not None:  # not when it resumes on a CPU
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
 
     def on(self, device: torch.device, dtype: torch.dtype) -> ModuleModel:
         """The same model with its module (buffers) on ``device`` in ``dtype``."""

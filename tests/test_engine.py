@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import compose_spec
 
-from harness import engine, problem, schedules
+from harness import engine, loop, problem, schedules
 from harness.config import ConfigError
 
 
@@ -18,7 +18,7 @@ def curve(result, metric="train_loss"):
 
 
 def test_thirty_samples_in_batches_of_five_make_six_batches_per_epoch():
-    order = engine.BatchOrder([0, 1], size=30, batch=5, reshuffle=True, device="cpu")
+    order = loop.BatchOrder([0, 1], size=30, batch=5, reshuffle=True, device="cpu")
     assert order.per_epoch == 6
     for epoch in range(3):
         batches = [order.indices(epoch * 6 + k) for k in range(6)]
@@ -29,7 +29,7 @@ def test_thirty_samples_in_batches_of_five_make_six_batches_per_epoch():
 
 
 def test_last_batch_holds_the_remainder_and_reshuffle_false_keeps_the_order():
-    order = engine.BatchOrder([0], size=12, batch=5, reshuffle=False, device="cpu")
+    order = loop.BatchOrder([0], size=12, batch=5, reshuffle=False, device="cpu")
     first = [order.indices(k) for k in range(3)]
     assert [b.shape[1] for b in first] == [5, 5, 2]
     second = [order.indices(3 + k) for k in range(3)]
@@ -37,7 +37,7 @@ def test_last_batch_holds_the_remainder_and_reshuffle_false_keeps_the_order():
 
 
 def test_reshuffle_draws_a_new_permutation_each_epoch():
-    order = engine.BatchOrder([0], size=30, batch=30, reshuffle=True, device="cpu")
+    order = loop.BatchOrder([0], size=30, batch=30, reshuffle=True, device="cpu")
     assert not torch.equal(order.indices(0), order.indices(1))
 
 
@@ -45,7 +45,7 @@ def test_value_and_grad_of_the_pieces_is_the_flat_gradient():
     built = problem.build(compose_spec("dataset=wine", "model=mlp", "loss=cross_entropy"))
     generator = torch.Generator().manual_seed(1)
     theta = torch.stack([built.model.init(generator) for _ in range(3)])
-    loss, grad = engine.value_and_grad(built, theta, built.data.x_train, built.data.y_train)
+    loss, grad = loop.value_and_grad(built, theta, built.data.x_train, built.data.y_train)
     flat = theta.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(
         built.loss(flat, built.data.x_train, built.data.y_train).sum(), flat
@@ -292,7 +292,7 @@ def test_a_sink_receives_the_curves_in_chunks_while_training_runs():
     specs = [compose_spec(*base, "optimizer.lr=0.01"), compose_spec(*base, "optimizer.lr=0.5")]
     received = []
     results = engine.train_cohort(specs, sink=lambda chunks, seconds: received.append(chunks))
-    assert len(received) == 300 // engine.FLUSH_EVERY + 1
+    assert len(received) == 300 // loop.FLUSH_EVERY + 1
     for index, result in enumerate(results):
         for metric, (steps, values) in result.curves.items():
             joined_steps = [s for chunk in received for s in chunk[index].get(metric, ([], []))[0]]

@@ -243,6 +243,46 @@ def test_a_killed_job_leaves_exactly_its_points_to_the_next_sweep(
 
 
 @pytest.mark.cluster
+def test_a_preempted_slurm_job_checkpoints_and_the_next_sweep_resumes_it(postgres_server, tmp_path):
+    """SIGUSR2 (SLURM's warning before preemption) to the job: it checkpoints its cohort and
+    records its runs KILLED; the next sweep resumes the cohort, and the resumed runs replace
+    the stopped ones through the server."""
+    experiment = "preempted"
+    args = [
+        "smoke",
+        *ENGINES["slurm"],
+        "optimizer=adam",
+        "seed=0,1",
+        "trainer.steps=20000",
+        "trainer.checkpoint_every=1000",  # only the signal writes one
+        f"trainer.checkpoint_dir={tmp_path}/checkpoints",
+        f"tracking.uri={postgres_server}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    command = [sys.executable, "-m", "harness.sweep", *args]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid, points = first_running_owner(postgres_server, experiment, time.monotonic() + 120)
+    time.sleep(2.0)
+    os.kill(pid, signal.SIGUSR2)
+    output = first.communicate(timeout=300)[0].decode()
+    assert first.returncode == 1, output  # the job failed; the sweep went on
+    stopped = experiment_runs(postgres_server, experiment)
+    assert {r.info.status for r in stopped} == {"KILLED"} and len(stopped) == 2
+    assert len(list((tmp_path / "checkpoints").glob("*.ckpt"))) == 1
+
+    again = sweep(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming 1 cohort(s) of 2 point(s) from checkpoints" in again.stdout
+    runs = experiment_runs(postgres_server, experiment)  # active runs: the stopped are deleted
+    assert {r.data.tags["fingerprint"] for r in runs} == points and len(runs) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["resumed_from"] for r in runs} == {r.info.run_id for r in stopped}
+    assert 0 < int(runs[0].data.tags["resumed_step"]) < 20000
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.cluster
 def test_four_workers_write_200_runs_through_the_server_and_lose_none(postgres_server, tmp_path):
     done = sweep(
         "smoke",

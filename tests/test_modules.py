@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import user_nets
 from conftest import runs_in
 
-from harness import engine
+from harness import engine, loop
 from harness import problem as problem_module
 from harness.compose import compose_spec
 from harness.config import ConfigError
@@ -74,7 +74,7 @@ def test_a_lone_run_is_a_plain_pytorch_training_of_the_module():
     net = user_nets.TinyCnn((1, 8, 8), 10).double()
     sgd = torch.optim.SGD(net.parameters(), lr=0.1)
     data = problem.data
-    order = engine.BatchOrder([3], data.sizes["train"], 32, True, torch.device("cpu"))
+    order = loop.BatchOrder([3], data.sizes["train"], 32, True, torch.device("cpu"))
     for step in range(30):
         index = order.indices(step)[0]
         loss = F.cross_entropy(net(data.x_train[index].reshape(-1, 1, 8, 8)), data.y_train[index])

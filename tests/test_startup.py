@@ -62,6 +62,7 @@ def test_a_sweep_on_sqlite_never_imports_mlflow_and_leaves_no_process(tmp_path):
         "validate",
         "prepare",
         "train",
+        "checkpoint",
         "track",
         "exit",
         "total",

@@ -267,6 +267,13 @@ def run_sweep_here(*args: str) -> int:
             2,
             "error: grid='120 points' is not allowed: at most hydra.launcher.max_points=100",
         ),
+        (
+            ["smoke", "trainer.checkpoint_dir=/dev/null/checkpoints"],
+            2,
+            "error: trainer.checkpoint_dir='/dev/null/checkpoints' is not allowed: a folder "
+            "this user can write (for checkpoints); /dev/null is not",
+        ),
+        (["smoke", "trainer.checkpoint_every=-5"], 2, "error: trainer.checkpoint_every=-5"),
     ],
 )
 def test_bad_sweep_input_creates_no_run(tmp_path, store_uri, capsys, args, code, message):

@@ -85,6 +85,8 @@ class Writes:
     ended: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
+STOPPED = (Status.KILLED, Status.FAILED)  # the runs ``delete_runs`` may delete
+
 THREADS = 4  # runs written at once through MLflow's client, artifacts uploaded at once
 
 

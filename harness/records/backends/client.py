@@ -24,6 +24,7 @@ from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 from harness.config import ConfigError
 from harness.records.backends import (
+    STOPPED,
     Claim,
     CreatedRun,
     Held,
@@ -233,9 +234,9 @@ class Client:
         return ended
 
     def delete_runs(self, run_ids: list[str]) -> None:
-        """Mark the runs deleted, except any that is RUNNING."""
+        """Mark the runs deleted, only those that were stopped (KILLED or FAILED)."""
         for run_id in run_ids:
-            if self.client.get_run(run_id).info.status != Status.RUNNING:
+            if self.client.get_run(run_id).info.status in STOPPED:
                 self.client.delete_run(run_id)
 
     def read_tables(self, experiment_id: str) -> ExperimentTables:

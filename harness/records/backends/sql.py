@@ -27,6 +27,7 @@ from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from harness.records.backends import (
+    STOPPED,
     Claim,
     CreatedRun,
     Held,
@@ -582,11 +583,12 @@ class Database:
 
     def delete_runs(self, run_ids: list[str]) -> None:
         """Mark the runs deleted (MLflow's ``delete_run``: hidden, restorable until ``mlflow
-        gc``), except any that is RUNNING."""
+        gc``), only those that were stopped (KILLED or FAILED): never a finished result, nor
+        a run someone trains."""
         runs = tables.runs
         statement = (
             update(runs)
-            .where(runs.c.run_uuid.in_(run_ids), runs.c.status != Status.RUNNING)
+            .where(runs.c.run_uuid.in_(run_ids), runs.c.status.in_(STOPPED))
             .values(lifecycle_stage="deleted", deleted_time=now_ms())
         )
         with self._transaction() as connection:
