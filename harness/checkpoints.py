@@ -36,6 +36,11 @@ HEADER_LIMIT = 1 << 20  # bytes: a longer first line is not a header
 DEFAULT_FOLDER = Path("~/.cache/optbench/checkpoints")  # for stores without local artifacts
 
 
+# Errors after which a cohort keeps its checkpoint (a rerun resumes it); any other error
+# removes it, so that a cohort that failed starts over.
+KEPT_ON = (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError)
+
+
 class CheckpointError(Exception):
     """A checkpoint that cannot be used: its message says why, in a few words."""
 
@@ -47,6 +52,7 @@ class Header:
     supersedes (the runs of earlier attempts); ``seconds``: training time up to ``step``."""
 
     code: str
+    data: str  # the data split's digest
     store: str
     experiment: str
     fingerprints: list[str]
@@ -234,7 +240,12 @@ class Checkpointing:
     resume: Path | None = None
 
     def open(
-        self, fingerprints: list[str], run_ids: list[str], total_steps: int, device
+        self,
+        fingerprints: list[str],
+        run_ids: list[str],
+        total_steps: int,
+        data: str,
+        device: torch.device,
     ) -> CohortCheckpoints:
         """The cohort's checkpoints, once its runs ``run_ids`` exist: its checkpointer, and the
         state it resumes with the runs that state's runs replace (per point, every earlier
@@ -248,6 +259,8 @@ class Checkpointing:
                     raise CheckpointError(f"written by another harness ({header.code})")
                 if header.fingerprints != fingerprints or header.total_steps != total_steps:
                     raise CheckpointError("its points are not this cohort's")
+                if header.data != data:
+                    raise CheckpointError("the data set's split has changed")
                 replaced = [
                     [*old, run] for old, run in zip(header.replaces, header.run_ids, strict=True)
                 ]
@@ -261,6 +274,7 @@ class Checkpointing:
         path = self.folder / file_name(self.store, self.experiment, fingerprints)
         header = Header(
             code_version(),
+            data,
             self.store,
             self.experiment,
             fingerprints,

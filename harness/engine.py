@@ -211,10 +211,10 @@ def train_cohort(
         device,
     )
     curves = Curves(len(specs), sink)
-    resumed_step = resume["state"].step if resume is not None else None
-    resumed_seconds = resume["curves"]["seconds"] if resume is not None else 0.0
     with problem.model.seeded(derive_seed(first.seed, "model")):
-        state = loop.begin(theta, curves, resume, checkpointer)
+        state, resume = loop.begin(theta, curves, resume, checkpointer)
+        resumed_step = state.step if resume is not None else None
+        resumed_seconds = resume["curves"]["seconds"] if resume is not None else 0.0
         with stopping.deferred() if checkpointer is not None else contextlib.nullcontext():
             diverged_at, theta = loop.run(state, curves, checkpointer)
     diverged_steps = steps_or_none(diverged_at)

@@ -77,7 +77,7 @@ def remote(kind: str, slurm: SlurmSettings, ray: RaySettings) -> bool:
     return (kind == "slurm" and slurm.cluster == "slurm") or (kind == "ray" and ray_cluster)
 
 
-JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+JOB_SIGNALS = stopping.STOP_SIGNALS  # SIGINT (Ray's cancel), SIGTERM and SIGUSR2
 
 
 def run_cohort(work, job) -> Any:
@@ -97,6 +97,7 @@ def run_cohort(work, job) -> Any:
         work.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        stopping.forget()  # a signal to this task is not one to the next (Ray reuses workers)
 
 
 class LocalExecutor:
@@ -127,8 +128,8 @@ class _Jobs:
         try:
             self._drain(handles, on_event)
         except KeyboardInterrupt:
-            stopping = (signal.SIGINT, signal.SIGTERM)  # a second signal must not cut this short
-            previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stopping}
+            # a second signal must not cut this short
+            previous = {s: signal.signal(s, signal.SIG_IGN) for s in stopping.STOP_SIGNALS}
             try:
                 for handle in handles.values():
                     self.cancel(handle)

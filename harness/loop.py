@@ -223,20 +223,24 @@ class Loop:
         )
         self.schedule.observe(parts[self.monitor]["loss"])
 
-    def begin(self, theta: torch.Tensor, curves: Curves, resume, checkpointer) -> LoopState:
-        """The state training begins from: before the first update, or ``resume``'s, which is
-        saved again at once by a ``checkpointer`` (the checkpoint then names this cohort's
-        runs). Raises CheckpointError when ``resume`` holds other parameters than ``theta``'s."""
-        if resume is None:
-            return self.start(theta)
-        if resume["theta"].shape != theta.shape:
+    def begin(self, theta: torch.Tensor, curves: Curves, resume, checkpointer):
+        """The state training begins from, and the checkpoint state it continues (None: it
+        starts before the first update). ``resume``'s state is saved again at once by a
+        ``checkpointer`` (the checkpoint then names this cohort's runs); one that holds other
+        parameters than ``theta``'s is not used (one line says so)."""
+        if resume is not None and resume["theta"].shape != theta.shape:
             shapes = f"{tuple(resume['theta'].shape)}, this cohort's {tuple(theta.shape)}"
-            raise checkpoints.CheckpointError(f"its parameters are {shapes}")
+            checkpoints.say(
+                f"checkpoint not used: its parameters are {shapes}; training starts over"
+            )
+            resume = None
+        if resume is None:
+            return self.start(theta), None
         state = self.restore(resume, curves)
         if checkpointer is not None:
             seconds = resume["curves"]["seconds"]
             checkpointer.save(self.snapshot(state, curves), state.step, seconds)
-        return state
+        return state, resume
 
     def start(self, theta: torch.Tensor) -> LoopState:
         """The state before the first update; the divergence limit is relative to the initial
@@ -296,11 +300,15 @@ class Loop:
 
         for step in range(state.step, plan.total_steps):
             state.step = step
-            if checkpointer is not None:
+            if checkpointer is None:
+                stopping.check()
+            else:  # a signal noted after this look waits for the next update
+                stop = stopping.requested()
                 training_seconds = time.perf_counter() - curves.start
-                if stopping.requested() or checkpointer.due(training_seconds):
+                if stop or checkpointer.due(training_seconds):
                     checkpointer.save(self.snapshot(state, curves), step, training_seconds)
-            stopping.check()
+                if stop:
+                    stopping.check()
             theta = state.theta
             x, y = self.batch(step)
             if self.reuse_loss:  # full batch at theta: this loss is also the training loss

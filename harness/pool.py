@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-from harness.stopping import interrupt_once
+from harness.stopping import STOP_SIGNALS, interrupt_once
 
 STOP_GRACE_SECONDS = 60.0  # how long stopping workers may take to record their runs KILLED
 TRACKER_WAIT_SECONDS = 2.0  # how long a sweep's exit waits for the resource tracker to end
@@ -64,7 +64,7 @@ def _orders(pipe: Connection, sweep_pid: int):
 
 def _worker(work: Work, pipe: Connection, sweep_pid: int, environment: dict[str, str]) -> None:
     os.environ.update(environment)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, interrupt_once)
     try:
         for index, item in _orders(pipe, sweep_pid):

@@ -3,7 +3,8 @@ KeyboardInterrupt, so that the runs it cuts short are recorded KILLED on the way
 
 While a cohort trains with checkpoints (``deferred``), a stop signal is only noted: the
 training loop sees it between two updates (``requested``), writes a checkpoint of a state
-that is whole, then raises (``check``)."""
+that is whole, then raises (``check``). One noted after the last update is left for the next
+``check``: the cohort's training is whole, and is recorded."""
 
 from __future__ import annotations
 
@@ -40,19 +41,26 @@ def check() -> None:
 
 @contextlib.contextmanager
 def deferred():
-    """Inside, stop signals are noted, not raised; one still waiting at the end is raised."""
+    """Inside, stop signals are noted, not raised (``requested`` and ``check`` see them)."""
     global _deferring
     outer, _deferring = _deferring, True
     try:
         yield
     finally:
         _deferring = outer
-    if not outer:
-        check()
+
+
+def forget() -> None:
+    """Drop the stop signals noted so far (a worker that goes on to other work: Ray's)."""
+    _pending.clear()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 def interrupt_once(signum: int, frame) -> None:
-    """Raise KeyboardInterrupt for the first SIGINT/SIGTERM and ignore the ones after it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Raise KeyboardInterrupt for the first stop signal (SIGINT, SIGTERM, SIGUSR2) and
+    ignore the ones after it."""
+    for each in STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
     interrupt(signum, frame)

@@ -247,9 +247,13 @@ def _relinked(state: TorchState) -> TorchState:
     come back as views of the parameter buffer, as they were)."""
     base = state.params.storage_offset()
     for group in state.optimizer.param_groups:
+        on_device = group.get("capturable") or group.get("fused")
         for piece in group["params"]:
             offset = state.grads.storage_offset() + piece.storage_offset() - base
             piece.grad = state.grads.as_strided(piece.shape, piece.stride(), offset)
+            kept = state.optimizer.state.get(piece, {})
+            if not on_device and isinstance(kept.get("step"), Tensor):  # as torch keeps it
+                kept["step"] = kept["step"].cpu()
     return state
 
 

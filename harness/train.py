@@ -80,13 +80,7 @@ def record_cohort(
     )
     mine = [i for i, claim in enumerate(claims) if isinstance(claim, str)]
     handles = [claims[i] for i in mine]
-    cohort = None
-    if checkpointing is not None and mine:
-        device = devices.resolve(specs[0].trainer.device, specs[0].trainer.dtype)
-        prints = [config.fingerprint(specs[i]) for i in mine]
-        run_ids = [store.run_ids[handle] for handle in handles]
-        cohort = checkpointing.open(prints, run_ids, plan.total_steps, device)
-    done = iter(train_runs([specs[i] for i in mine], problem, store, handles, cohort))
+    done = iter(train_runs([specs[i] for i in mine], problem, store, handles, checkpointing))
     return [
         next(done) if isinstance(claim, str) else (records.Recorded(claim.run_id, held=True), None)
         for claim in claims
@@ -98,25 +92,31 @@ def train_runs(
     problem: Problem,
     store: records.Store,
     handles: list[str],
-    cohort: checkpoints.CohortCheckpoints | None = None,
+    checkpointing: checkpoints.Checkpointing | None = None,
 ) -> list[tuple[records.Recorded, engine.RunResult]]:
     """Train the started runs ``handles`` as one cohort and finish their records; an
-    exception marks them FAILED (KILLED on Ctrl-C) and propagates. With ``cohort``'s
-    checkpoints, training resumes its state, if any; once every run is recorded FINISHED
-    its checkpoints are removed and the runs it replaces are deleted. A failure removes them
-    too (its cohort starts over); an interrupt keeps them."""
+    exception marks them FAILED (KILLED on Ctrl-C) and propagates. With ``checkpointing``
+    the cohort is checkpointed and resumes the checkpoint it names, if it applies; once
+    every run is recorded FINISHED its checkpoints are removed and the runs it replaces are
+    deleted. An error removes them too (its cohort starts over), except an interrupt, a lack
+    of memory and a failed write to the store, after which a rerun resumes."""
     if not handles:
         return []
 
     def sink(chunks, seconds_at):
         store.log_curves(handles, chunks, seconds_at)
 
-    checkpointer = cohort.checkpointer if cohort is not None else None
-    resume = cohort.state if cohort is not None else None
+    cohort = None
     try:
+        if checkpointing is not None:
+            cohort = open_checkpoints(checkpointing, specs, problem, store, handles)
+        checkpointer = cohort.checkpointer if cohort is not None else None
+        resume = cohort.state if cohort is not None else None
         results = engine.train_cohort(specs, problem, sink, checkpointer, resume)
     except BaseException as error:
-        if cohort is not None and not isinstance(error, KeyboardInterrupt):
+        if cohort is not None and not isinstance(
+            error, (*checkpoints.KEPT_ON, records.TrackingError)
+        ):
             cohort.remove()
         try:
             store.fail_runs(handles, error)
@@ -132,6 +132,24 @@ def train_runs(
         except records.TrackingError as error:  # the new runs are whole: say so and go on
             checkpoints.say(f"warning: the runs that resumed runs replace stay: {error}")
     return list(zip(recorded, results, strict=True))
+
+
+def open_checkpoints(
+    checkpointing: checkpoints.Checkpointing,
+    specs: list[RunConfig],
+    problem: Problem,
+    store: records.Store,
+    handles: list[str],
+) -> checkpoints.CohortCheckpoints:
+    """The checkpoints of the cohort of ``specs``, whose runs ``handles`` were claimed."""
+    first = specs[0]
+    return checkpointing.open(
+        [config.fingerprint(spec) for spec in specs],
+        [store.run_ids[handle] for handle in handles],
+        engine.make_plan(first, problem.data.sizes["train"]).total_steps,
+        problem.data.split_digest,
+        devices.resolve(first.trainer.device, first.trainer.dtype),
+    )
 
 
 def train_and_record(spec: RunConfig, problem: Problem, store: records.Store):

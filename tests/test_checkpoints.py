@@ -66,8 +66,8 @@ def header_for(specs, total_steps: int) -> Header:
     prints = [fingerprint(spec) for spec in specs]
     runs = [f"run{index}" for index in range(len(specs))]
     return Header(
-        checkpoints.code_version(), "sqlite:////x.db", "e", prints, runs, [[]] * len(specs), 0,
-        total_steps, 0.0,
+        checkpoints.code_version(), "split", "sqlite:////x.db", "e", prints, runs,
+        [[]] * len(specs), 0, total_steps, 0.0,
     )  # fmt: skip
 
 
@@ -157,7 +157,7 @@ def test_a_checkpoint_that_cannot_be_applied_is_reported_removed_and_training_st
     path.write_bytes(path.read_bytes()[:-10])
     setting = Checkpointing(tmp_path, 60.0, "sqlite:////x.db", "e", path)
     prints = [fingerprint(spec) for spec in specs]
-    cohort = setting.open(prints, ["a", "b", "c", "d"], 90, CPU)
+    cohort = setting.open(prints, ["a", "b", "c", "d"], 90, "split", CPU)
     assert cohort.state is None and not path.exists()
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "truncated" in line and "4 point(s) train from the start" in line
@@ -215,7 +215,7 @@ def test_checkpoint_settings_are_checked_and_leave_a_points_identity_alone(tmp_p
 def write_checkpoint(folder: Path, uri: str, specs, step: int, code: str | None = None) -> Path:
     prints = [fingerprint(spec) for spec in specs]
     header = Header(
-        code or checkpoints.code_version(), uri, specs[0].tracking.experiment, prints,
+        code or checkpoints.code_version(), "split", uri, specs[0].tracking.experiment, prints,
         ["r"] * len(specs), [[]] * len(specs), step, 100, 1.0,
     )  # fmt: skip
     path = folder / checkpoints.file_name(uri, header.experiment, prints)
@@ -225,7 +225,7 @@ def write_checkpoint(folder: Path, uri: str, specs, step: int, code: str | None 
 
 def test_the_planner_resumes_whole_checkpoints_of_points_to_run_and_says_why_not_others(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    specs = [compose_spec("trainer.steps=100", f"seed={seed}") for seed in range(8)]
+    specs = [compose_spec("trainer.steps=100", f"seed={seed}") for seed in range(9)]
     points = points_of(specs)
     folder = checkpoints.folder(uri, "runs", None)
     assert folder == tmp_path / "mlartifacts" / "runs" / "checkpoints"
@@ -236,20 +236,57 @@ def test_the_planner_resumes_whole_checkpoints_of_points_to_run_and_says_why_not
     done = write_checkpoint(folder, uri, specs[5:6], 50)  # its point is recorded
     old = write_checkpoint(folder, uri, specs[6:7], 50, code="0.0.1+000000000000")
     elsewhere = write_checkpoint(folder, "sqlite:////other.db", specs[7:8], 50)
+    running = write_checkpoint(folder, uri, specs[8:9], 50)  # another live sweep trains it
     broken = folder / ("0" * 24 + ".ckpt")
     broken.write_bytes(b"garbage")
-    todo = [0, 1, 2, 3, 6, 7]
-    cohorts, rest, lines = resumed_cohorts(points, todo, uri)
+    todo, finished = [0, 1, 2, 3, 6, 7], {points[4].fingerprint, points[5].fingerprint}
+    cohorts, rest, lines = resumed_cohorts(points, todo, finished, uri)
     assert [(c.positions, c.checkpoint) for c in cohorts] == [([0, 1], str(whole))]
     assert rest == [2, 3, 6, 7]
-    assert len(lines) == 4
-    assert any(behind.name in line and "a further one holds its points" in line for line in lines)
-    assert any(partial.name in line and "only 1 of its points are to run" in line for line in lines)
-    assert any(
-        old.name in line and "another harness (0.0.1+000000000000)" in line for line in lines
-    )
-    assert any(broken.name in line and "unreadable header" in line for line in lines)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [whole.name, partial.name, elsewhere.name]
-    )
-    assert not done.exists()
+    assert len(lines) == 5
+
+    def said(path, words):
+        return any(path.name in line and words in line for line in lines)
+
+    assert said(behind, "a further one holds its points")
+    assert said(partial, "only 1 of its points are to run; they start over")
+    assert said(old, "another harness (0.0.1+000000000000); its points start over")
+    assert said(running, "only 0 of its points are to run, 1 running elsewhere")
+    assert said(broken, "unreadable header")
+    kept = [whole, partial, old, elsewhere, running]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in kept)
+    assert not done.exists() and not behind.exists()
+    # a forced sweep redoes recorded points: their checkpoint resumes
+    cohorts, _, _ = resumed_cohorts(points, [3, 4], finished, uri)
+    assert [(c.positions, c.checkpoint) for c in cohorts] == [([3, 4], str(partial))]
+
+
+def test_a_stop_signal_inside_deferred_waits_for_the_loop_to_take_it():
+    previous = signal.signal(signal.SIGTERM, stopping.interrupt)
+    try:
+        with stopping.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert stopping.requested()
+        assert stopping.requested()  # left for the next check: what trained is whole
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            stopping.check()
+        assert not stopping.requested()  # one interrupt for both
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stopping.forget()
+
+
+def test_a_checkpoint_of_other_parameters_or_another_split_is_not_used(tmp_path, capsys):
+    specs = minibatch_sgd_specs()
+    uninterrupted = engine.train_cohort(specs)
+    resumed = engine.train_cohort(specs, resume={"theta": torch.zeros(4, 3)})
+    assert_same_runs(resumed, uninterrupted)
+    assert {r.resumed_step for r in resumed} == {None}
+    assert "its parameters are (4, 3)" in capsys.readouterr().err
+    path = tmp_path / "cohort.ckpt"
+    stopped_by_sigterm(specs, path)
+    setting = Checkpointing(tmp_path, 60.0, "sqlite:////x.db", "e", path)
+    prints = [fingerprint(spec) for spec in specs]
+    assert setting.open(prints, ["a", "b", "c", "d"], 90, "another", CPU).state is None
+    assert "the data set's split has changed" in capsys.readouterr().err

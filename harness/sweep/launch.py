@@ -73,7 +73,7 @@ from harness.sweep.summary import Outcome, Timing, counts, parent_params, summar
 from harness.sweep.work import CohortWork, Job
 
 # Ctrl-C; timeout, systemd, docker stop; SLURM's warning before a time limit or preemption
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+STOP_SIGNALS = stopping.STOP_SIGNALS
 
 
 def run_cohorts(
@@ -339,7 +339,10 @@ def launch(
         identity = session.identity or sweep_id(points, settings.force)
         slots = plan_slots(points, devices.gpu_ids(), settings.n_jobs)
         at_once = executors.parallel_cohorts(kind, slots.count)
-        resumed, rest, resume_notes = resuming.resumed_cohorts(points, plan_.todo, ledger.uri)
+        finished = {r.fingerprint for r in recorded if r.status == Status.FINISHED}
+        resumed, rest, resume_notes = resuming.resumed_cohorts(
+            points, plan_.todo, finished, ledger.uri
+        )
         cohorts = resumed + make_cohorts(points, rest, settings.max_cohort, at_once)
         folder = Path(str(root.hydra.sweep.dir)).absolute() / ".submitit"
         executor = cohorts and executors.build(kind, slots, slurm, ray, folder)

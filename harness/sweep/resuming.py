@@ -2,9 +2,10 @@
 checkpoints in the grid's checkpoint folders are read; a checkpoint of this store and
 experiment whose points are all still to run becomes a cohort of its own, as it was written
 (whatever ``max_cohort`` or the number of workers now), which continues from it. Every other
-checkpoint of the grid's points is reported in one line; those that can never apply (another
-harness wrote them, they cannot be read, a further checkpoint holds their points) are removed,
-and so are those whose points are all recorded."""
+checkpoint of the grid's points is reported in one line and kept, except those that can never
+apply: one that cannot be read, one whose points a further checkpoint holds, and one whose
+points are all recorded FINISHED (removed silently). Those of other stores, experiments and
+grids are left alone."""
 
 from __future__ import annotations
 
@@ -36,17 +37,18 @@ def check_folders(points: Sequence[Point], uri: str) -> None:
 
 
 def resumed_cohorts(
-    points: Sequence[Point], todo: Sequence[int], uri: str
+    points: Sequence[Point], todo: Sequence[int], finished: set[str], uri: str
 ) -> tuple[list[Cohort], list[int], list[str]]:
     """The cohorts that resume checkpoints, the positions left to group into cohorts, and a
-    line for each checkpoint of the grid's points that is not used (see the module)."""
+    line for each checkpoint of the grid's points that is not used (see the module).
+    ``finished``: the fingerprints the store holds FINISHED runs of."""
     experiment = points[0].spec.tracking.experiment
     todo_at = {points[position].fingerprint: position for position in todo}
     in_grid = {point.fingerprint for point in points}
     candidates, lines = [], []
     for folder in folders(points, uri):
         for path, header in checkpoints.headers(folder):
-            verdict, remove = _verdict(header, uri, experiment, set(todo_at), in_grid)
+            verdict, remove = _verdict(header, uri, experiment, set(todo_at), in_grid, finished)
             if verdict == RESUME:
                 candidates.append((path, header))
             elif verdict:
@@ -63,7 +65,12 @@ RESUME = "resume"
 
 
 def _verdict(
-    header: Header | CheckpointError, uri: str, experiment: str, to_run: set, in_grid: set
+    header: Header | CheckpointError,
+    uri: str,
+    experiment: str,
+    to_run: set[str],
+    in_grid: set[str],
+    finished: set[str],
 ) -> tuple[str, bool | None]:
     """What becomes of a checkpoint: (``RESUME``, False); ("", remove?) unsaid; or (why it
     is not used, remove?). ``remove`` is None for a checkpoint that cannot be read."""
@@ -72,13 +79,19 @@ def _verdict(
     prints = set(header.fingerprints)
     if header.store != uri or header.experiment != experiment or not prints & in_grid:
         return "", False  # another store's, experiment's or grid's
-    if header.code != checkpoints.code_version():
-        return f"written by another harness ({header.code}); removed, its points start over", True
-    if prints <= to_run:
+    same_code = header.code == checkpoints.code_version()
+    if same_code and prints <= to_run:
         return RESUME, False
-    if not prints & to_run and prints <= in_grid:
-        return "", True  # its points are all recorded
-    return f"only {len(prints & to_run)} of its points are to run; they start over", False
+    if prints <= finished:
+        return "", True  # its points are all recorded: done with
+    if not same_code:
+        return f"written by another harness ({header.code}); its points start over", False
+    running = len(prints - to_run - finished)
+    elsewhere = f", {running} running elsewhere or not in this grid" if running else ""
+    return (
+        f"only {len(prints & to_run)} of its points are to run{elsewhere}; they start over",
+        False,
+    )
 
 
 def _take(points, candidates: list[tuple[Path, Header]], todo_at: dict[str, int], lines):

@@ -95,8 +95,12 @@ class CohortWork:
         sizes = engine.split_for_memory(
             len(points), engine.run_bytes(spec, self.problems[key]), budget
         )
-        if checkpointing is not None and checkpointing.resume is not None:
-            sizes = [len(points)]  # as the checkpoint was written
+        if checkpointing is not None and checkpointing.resume is not None and len(sizes) > 1:
+            checkpoints.say(
+                f"checkpoint {checkpointing.resume.name} not used: its {len(points)} runs no "
+                f"longer fit the memory budget (they train in {len(sizes)} pieces) and start over"
+            )
+            checkpointing = replace(checkpointing, resume=None)
         report = CohortReport([], 0.0, 0.0)
         start = 0
         for size in sizes:

@@ -585,14 +585,12 @@ class Database:
         """Mark the runs deleted (MLflow's ``delete_run``: hidden, restorable until ``mlflow
         gc``), only those that were stopped (KILLED or FAILED): never a finished result, nor
         a run someone trains."""
-        runs = tables.runs
-        statement = (
-            update(runs)
-            .where(runs.c.run_uuid.in_(run_ids), runs.c.status.in_(STOPPED))
-            .values(lifecycle_stage="deleted", deleted_time=now_ms())
-        )
+        runs, now = tables.runs, now_ms()
         with self._transaction() as connection:
-            connection.execute(statement)
+            for start in range(0, len(run_ids), 500):
+                chosen = runs.c.run_uuid.in_(run_ids[start : start + 500])
+                statement = update(runs).where(chosen, runs.c.status.in_(STOPPED))
+                connection.execute(statement.values(lifecycle_stage="deleted", deleted_time=now))
 
     # Reading a study
 
