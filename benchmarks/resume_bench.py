@@ -108,7 +108,14 @@ def measure() -> dict:
         checkpoints = Path(folder) / "mlartifacts" / "cnn" / "checkpoints"
         killed_s = killed_at_first_checkpoint(sweep(folder, "resumed"), checkpoints)
         rerun = timed(sweep(folder, "resumed"))
-        equal = same_records(records(f"{folder}/resumed.db"), records(f"{folder}/full.db"))
+        theirs = records(f"{folder}/full.db")
+        equal = len(theirs) == 27 and same_records(records(f"{folder}/resumed.db"), theirs)
+        with sqlite3.connect(f"{folder}/resumed.db") as db:
+            resumed_at = {
+                int(step)
+                for (step,) in db.execute("select value from tags where key = 'resumed_step'")
+            }
+            (total,) = db.execute("select max(step) from metrics where key = 'train_loss'")
     return {
         "full_s": full["seconds"],
         "full_train": seconds_of(full["output"], "train"),
@@ -118,6 +125,8 @@ def measure() -> dict:
         "rerun_s": rerun["seconds"],
         "rerun_train": seconds_of(rerun["output"], "train"),
         "resumed": "resuming 1 cohort(s) of 27 point(s)" in rerun["output"],
+        "resumed_at": sorted(resumed_at),
+        "total_steps": total[0],
         "equal": equal,
     }
 
@@ -125,7 +134,11 @@ def measure() -> dict:
 def rows() -> list[tuple[str, ...]]:
     found = measure()
     share = found["full_checkpoint"] / found["full_s"]
-    said = "resumed" if found["resumed"] else "NOT resumed"
+    said = (
+        f"resumed at update {found['resumed_at']} of {found['total_steps']}"
+        if found["resumed"]
+        else "NOT resumed"
+    )
     equal = "records equal" if found["equal"] else "records DIFFER"
     return [
         (

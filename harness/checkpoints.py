@@ -4,7 +4,7 @@ trains so that a sweep killed or preempted resumes it there instead of from the 
 A checkpoint is one file, ``<key>.ckpt``, in the sweep's checkpoint folder (``folder``): a
 first line of JSON, the ``Header`` (which store, experiment and grid points it belongs to, the
 harness that wrote it, the update it holds, the SHA-256 and size of the rest), then the state
-as ``torch.save`` writes it (see ``engine.train_cohort``). Its key is a digest of the store,
+as ``torch.save`` writes it (see ``loop.Loop.snapshot``). Its key is a digest of the store,
 the experiment and the fingerprints of the cohort's points, in order. It is written aside
 and renamed over the previous one, so a reader finds the previous checkpoint or the new one,
 whole. A sweep reads only headers to plan (``harness.sweep.resuming``); the worker that
@@ -193,7 +193,7 @@ def say(line: str) -> None:
 @dataclass
 class Checkpointer:
     """Writes one cohort's checkpoints to ``path`` every ``every`` seconds of training and
-    when asked to stop (``engine.train_cohort`` calls ``due`` and ``save``). A write that
+    when asked to stop (``loop.Loop.run`` calls ``due`` and ``save``). A write that
     fails (a full disk, a state that cannot be pickled) keeps the previous checkpoint, says so
     once, and training goes on. ``header``: the fields the caller knows (step, time and
     digest are filled in)."""
@@ -292,7 +292,7 @@ class Checkpointing:
 class CohortCheckpoints:
     """One cohort's checkpoints as it trains: the ``checkpointer``, the ``state`` it resumes
     (None: from the start), the runs its runs replace, and the ``files`` to remove once its
-    runs are recorded (FINISHED, or FAILED by an error: a failure starts over)."""
+    runs are recorded FINISHED, or FAILED by an error not in ``KEPT_ON`` (it starts over)."""
 
     checkpointer: Checkpointer
     state: dict[str, Any] | None
