@@ -13,6 +13,7 @@ resumes a cohort reads the whole file and checks its digest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -34,6 +35,7 @@ FORMAT = 1
 SUFFIX = ".ckpt"
 HEADER_LIMIT = 1 << 20  # bytes: a longer first line is not a header
 DEFAULT_FOLDER = Path("~/.cache/optbench/checkpoints")  # for stores without local artifacts
+PARTIAL_SECONDS = 3600.0  # a file written aside this long ago was left by a killed process
 
 
 # Errors after which a cohort keeps its checkpoint (a rerun resumes it); any other error
@@ -61,6 +63,7 @@ class Header:
     step: int
     total_steps: int
     seconds: float
+    user_code: str = ""  # see ``user_code``
     sha256: str = ""
     size: int = 0
     format: int = FORMAT
@@ -81,6 +84,32 @@ def code_version() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return f"{harness.__version__}+{digest.hexdigest()[:12]}"
+
+
+def user_code(spec) -> str:
+    """A digest of the files that define the user's own code a run uses (``model.target``,
+    ``optimizer.target``, ``optimizer.class_name`` by import path), as imported when its
+    problem and rule were built: a checkpoint is applied only with the same files. "" when
+    the run uses none."""
+    digest, found = hashlib.sha256(), False
+    for owner, key in (("model", "target"), ("optimizer", "target"), ("optimizer", "class_name")):
+        target = getattr(getattr(spec, owner), key, "")
+        module = sys.modules.get(target) or sys.modules.get(target.rpartition(".")[0])
+        path = getattr(module, "__file__", None)
+        if path:
+            digest.update(Path(path).read_bytes())
+            found = True
+    return digest.hexdigest()[:12] if found else ""
+
+
+def remove_partials(path: Path, older_than: float = PARTIAL_SECONDS) -> None:
+    """Remove the files a write left aside in the folder ``path`` when its process was
+    killed (none is written for so long: ``older_than`` seconds)."""
+    now = time.time()
+    for aside in path.glob(f".*{SUFFIX}.*.tmp") if path.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if now - aside.stat().st_mtime > older_than:
+                aside.unlink()
 
 
 def file_name(store: str, experiment: str, fingerprints: list[str]) -> str:
@@ -245,12 +274,14 @@ class Checkpointing:
         run_ids: list[str],
         total_steps: int,
         data: str,
+        code: str,
         device: torch.device,
     ) -> CohortCheckpoints:
         """The cohort's checkpoints, once its runs ``run_ids`` exist: its checkpointer, and the
         state it resumes with the runs that state's runs replace (per point, every earlier
-        attempt). A checkpoint that cannot be applied is reported in one line and removed;
-        the cohort then trains from the start."""
+        attempt). ``data``: the data split's digest; ``code``: ``user_code`` of its runs. A
+        checkpoint that cannot be applied is reported in one line and removed; the cohort
+        then trains from the start."""
         state, replaced = None, [[] for _ in fingerprints]
         if self.resume is not None:
             try:
@@ -261,6 +292,8 @@ class Checkpointing:
                     raise CheckpointError("its points are not this cohort's")
                 if header.data != data:
                     raise CheckpointError("the data set's split has changed")
+                if header.user_code != code:
+                    raise CheckpointError("the source of its model or optimizer has changed")
                 replaced = [
                     [*old, run] for old, run in zip(header.replaces, header.run_ids, strict=True)
                 ]
@@ -283,6 +316,7 @@ class Checkpointing:
             0,
             total_steps,
             0.0,
+            code,
         )
         files = {path} | ({self.resume} if self.resume is not None else set())
         return CohortCheckpoints(Checkpointer(path, self.every, header), state, replaced, files)

@@ -148,6 +148,7 @@ def open_checkpoints(
         [store.run_ids[handle] for handle in handles],
         engine.make_plan(first, problem.data.sizes["train"]).total_steps,
         problem.data.split_digest,
+        checkpoints.user_code(first),
         devices.resolve(first.trainer.device, first.trainer.dtype),
     )
 

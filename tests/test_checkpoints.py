@@ -5,14 +5,19 @@ others."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import resource
+import shutil
 import signal
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_spec
+from conftest import ROOT, compose_spec
 from test_engine import cohort_specs
 
 from harness import checkpoints, engine, stopping
@@ -157,7 +162,7 @@ def test_a_checkpoint_that_cannot_be_applied_is_reported_removed_and_training_st
     path.write_bytes(path.read_bytes()[:-10])
     setting = Checkpointing(tmp_path, 60.0, "sqlite:////x.db", "e", path)
     prints = [fingerprint(spec) for spec in specs]
-    cohort = setting.open(prints, ["a", "b", "c", "d"], 90, "split", CPU)
+    cohort = setting.open(prints, ["a", "b", "c", "d"], 90, "split", "", CPU)
     assert cohort.state is None and not path.exists()
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "truncated" in line and "4 point(s) train from the start" in line
@@ -288,5 +293,38 @@ def test_a_checkpoint_of_other_parameters_or_another_split_is_not_used(tmp_path,
     stopped_by_sigterm(specs, path)
     setting = Checkpointing(tmp_path, 60.0, "sqlite:////x.db", "e", path)
     prints = [fingerprint(spec) for spec in specs]
-    assert setting.open(prints, ["a", "b", "c", "d"], 90, "another", CPU).state is None
+    assert setting.open(prints, ["a", "b", "c", "d"], 90, "another", "", CPU).state is None
     assert "the data set's split has changed" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_applied_only_with_the_same_source_of_the_users_rule(
+    tmp_path, monkeypatch, capsys
+):
+    package = tmp_path / "checkpointed_rules"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(ROOT / "examples" / "lion.py", package / "lion.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = "optimizer.target=checkpointed_rules.lion"
+    spec = compose_spec(*DIGITS, "optimizer=rule", target, "trainer.steps=90")
+    importlib.import_module("checkpointed_rules.lion")
+    before = checkpoints.user_code(spec)
+    assert before and checkpoints.user_code(compose_spec(*DIGITS)) == ""
+    with open(package / "lion.py", "a") as source:
+        source.write("# changed\n")
+    assert checkpoints.user_code(spec) not in (before, "")
+    path = tmp_path / "cohort.ckpt"
+    checkpoints.write(path, replace(header_for([spec], 90), user_code=before), {"theta": None})
+    setting = Checkpointing(tmp_path, 60.0, "sqlite:////x.db", "e", path)
+    cohort = setting.open([fingerprint(spec)], ["a"], 90, "split", checkpoints.user_code(spec), CPU)
+    assert cohort.state is None and not path.exists()
+    assert "the source of its model or optimizer has changed" in capsys.readouterr().err
+
+
+def test_files_left_aside_by_a_killed_write_are_removed_after_an_hour(tmp_path):
+    old, fresh = tmp_path / ".key.ckpt.123.tmp", tmp_path / ".key.ckpt.456.tmp"
+    for aside in (old, fresh):
+        aside.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    checkpoints.remove_partials(tmp_path)
+    assert not old.exists() and fresh.exists()

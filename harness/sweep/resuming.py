@@ -47,6 +47,7 @@ def resumed_cohorts(
     in_grid = {point.fingerprint for point in points}
     candidates, lines = [], []
     for folder in folders(points, uri):
+        checkpoints.remove_partials(folder)
         for path, header in checkpoints.headers(folder):
             verdict, remove = _verdict(header, uri, experiment, set(todo_at), in_grid, finished)
             if verdict == RESUME:
