@@ -53,9 +53,10 @@ def resumed_cohorts(
             if verdict == RESUME:
                 candidates.append((path, header))
             elif verdict:
-                name = f"checkpoint {path.name}" if remove is None else header.describe(path)
+                readable = isinstance(header, Header)
+                name = header.describe(path) if readable else f"checkpoint {path.name}"
                 lines.append(f"{name} not used: {verdict}")
-            if remove or remove is None:
+            if remove:
                 path.unlink(missing_ok=True)
     cohorts, taken = _take(points, candidates, todo_at, lines)
     rest = [position for position in todo if points[position].fingerprint not in taken]
@@ -72,11 +73,11 @@ def _verdict(
     to_run: set[str],
     in_grid: set[str],
     finished: set[str],
-) -> tuple[str, bool | None]:
+) -> tuple[str, bool]:
     """What becomes of a checkpoint: (``RESUME``, False); ("", remove?) unsaid; or (why it
-    is not used, remove?). ``remove`` is None for a checkpoint that cannot be read."""
+    is not used, remove?)."""
     if isinstance(header, CheckpointError):
-        return f"{header}; removed", None
+        return f"{header}; removed", True
     prints = set(header.fingerprints)
     if header.store != uri or header.experiment != experiment or not prints & in_grid:
         return "", False  # another store's, experiment's or grid's
