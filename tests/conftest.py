@@ -111,6 +111,16 @@ def runs_in(uri: str, experiment: str = "runs") -> list:
     return [] if found is None else client.search_runs([found.experiment_id])
 
 
+def process_is_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited: no entry in /proc, or a zombie its reaper has yet to
+    collect (where init reaps late, an exited process can linger as one for a while)."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text().lower()
+    except FileNotFoundError:
+        return True
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests where CUDA is missing."""
     if torch.cuda.is_available():

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose_spec, runs_in
+from conftest import ROOT, compose_spec, process_is_gone, runs_in
 from mlflow.tracking import MlflowClient
 
 from harness import config, owners, records, train
@@ -48,11 +48,6 @@ def dead_owner() -> str:
     token = owners.owner_token(child.pid)
     child.wait()
     return token
-
-
-def gone(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    return not status.exists() or "zombie" in status.read_text().lower()
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["direct", "client"])
@@ -161,12 +156,12 @@ def test_a_writer_ends_when_its_owner_closes_forgets_or_exits(store_uri):
     store = records.Store(store_uri, "runs")
     writer = store.writer.process.pid
     store.close()
-    assert gone(writer)
+    assert process_is_gone(writer)
     store = records.Store(store_uri, "runs")
     writer = store.writer.process.pid
     del store
     gc.collect()
-    assert gone(writer)
+    assert process_is_gone(writer)
     left_open = f"from harness import records\nstore = records.Store({store_uri!r}, 'runs')\n"
     done = subprocess.run(
         [sys.executable, "-c", left_open], cwd=ROOT, capture_output=True, text=True, timeout=120
