@@ -9,13 +9,27 @@ import socket
 import subprocess
 
 
-def _start_ticks(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), to tell a pid reused."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (Linux; empty where unreadable):
+    [0] the state, [19] the start time in clock ticks since boot."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
+            return stat.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return ""
+        return []
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), to tell a pid reused."""
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _exited(pid: int) -> bool:
+    """Whether the process has exited but is not yet reaped (a zombie): it writes nothing more,
+    and where no init reaps orphans (a container's bare PID 1) it can stay one for good."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def process_age() -> float:
@@ -71,4 +85,4 @@ def is_alive(token: str) -> bool:
         return False
     except PermissionError:
         return True
-    return not ticks or _start_ticks(pid) == ticks
+    return (not ticks or _start_ticks(pid) == ticks) and not _exited(pid)

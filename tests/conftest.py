@@ -8,6 +8,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,14 @@ def runs_in(uri: str, experiment: str = "runs") -> list:
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else client.search_runs([found.experiment_id])
+
+
+def wait_for(condition, timeout: float = 180.0) -> None:
+    """Poll ``condition`` every 0.2 s until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def process_is_gone(pid: int) -> bool:

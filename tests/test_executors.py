@@ -15,9 +15,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, assert_same_records, point_records, process_is_gone
+from conftest import ROOT, assert_same_records, point_records, process_is_gone, wait_for
 from mlflow.tracking import MlflowClient
-from test_sweep import wait_for
 
 from harness import executors, owners, records
 from harness.config import ConfigError

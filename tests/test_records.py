@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose_spec, runs_in
+from conftest import ROOT, compose_spec, process_is_gone, runs_in
 from mlflow.tracking import MlflowClient
 
 from harness import config, engine, records, train
@@ -209,10 +209,7 @@ def test_the_writer_exits_when_its_parent_is_killed(tmp_path, store_uri):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     writer = int(done.stdout.split()[0])
     for _ in range(50):
-        if (
-            not Path(f"/proc/{writer}").exists()
-            or "zombie" in Path(f"/proc/{writer}/status").read_text().lower()
-        ):
+        if process_is_gone(writer):
             break
         time.sleep(0.1)
     else:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import runs_in
+from conftest import runs_in, wait_for
 from mlflow.tracking import MlflowClient
-from test_sweep import assert_complete, process_group_is_gone, sweep_process, wait_for
+from test_sweep import assert_complete, process_group_is_gone, sweep_process
 
 from harness import checkpoints
 from harness.sweep import settings

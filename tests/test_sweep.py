@@ -11,12 +11,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, runs_in
+from conftest import ROOT, runs_in, wait_for
 
 from harness.sweep import cli, settings
 
@@ -67,13 +66,6 @@ def finished_points(uri: str, experiment: str = "smoke") -> int:
     except sqlite3.OperationalError:  # the schema is not there yet
         return 0
     return count
-
-
-def wait_for(condition, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def points_and_parents(uri: str, experiment: str = "smoke"):

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, runs_in
+from conftest import ROOT, runs_in, wait_for
 from test_sweep import (
     assert_complete,
     points_and_parents,
     process_group_is_gone,
     running_worker_pids,
     sweep_process,
-    wait_for,
 )
 
 from harness.sweep import settings

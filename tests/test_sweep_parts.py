@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, ROOT, compose_spec
+from conftest import CONF, ROOT, compose_spec, process_is_gone, wait_for
 from hydra import compose, initialize_config_dir
 
 from harness import config, devices, engine, owners, pool, studies
@@ -205,6 +205,8 @@ def test_owner_tokens_tell_live_processes_from_dead_ones():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     token = owners.owner_token(child.pid)
     assert owners.is_alive(token)
+    wait_for(lambda: process_is_gone(child.pid), timeout=30)  # exited, not yet reaped
+    assert not owners.is_alive(token)  # a zombie writes nothing more
     child.wait()
     assert not owners.is_alive(token)
     assert owners.is_alive("another-host:1:1")  # nothing here can prove it dead
